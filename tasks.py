@@ -1,0 +1,100 @@
+#!/usr/bin/env python3
+"""The project's two entry points, runnable with nothing but Python >= 3.11.
+
+    python3 tasks.py run     # set up .venv (idempotent) and run the main job
+    python3 tasks.py test    # set up .venv (idempotent) and run the test suite
+
+Setup creates a virtual environment in ``.venv`` beside this file, installs torch and torchvision at the
+pinned versions first (a plain ``torch`` requirement can pull a multi-GB CUDA build), then the project with
+its test extras in editable mode. A stamp file records what was installed; when pyproject.toml and this
+file are unchanged, setup is skipped, so both commands are cheap to repeat.
+
+Anything after the task name is passed on: ``python3 tasks.py test -k plan`` runs a subset of tests.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VENV = ROOT / ".venv"
+STAMP = VENV / ".videoauteur-setup"
+TORCH_PINS = ["torch==2.14.1", "torchvision==0.29.1"]
+SHARED = ROOT.parent / "shared" / "data"
+
+
+def _python() -> Path:
+    return VENV / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+
+
+def _bin(name: str) -> Path:
+    return VENV / ("Scripts" if os.name == "nt" else "bin") / name
+
+
+def _fingerprint() -> str:
+    h = hashlib.sha256()
+    for name in ("pyproject.toml", "tasks.py"):
+        h.update((ROOT / name).read_bytes())
+    h.update(" ".join(TORCH_PINS).encode())
+    return h.hexdigest()
+
+
+def setup() -> None:
+    """Create .venv and install the project unless the stamp says it is already done."""
+    if sys.version_info < (3, 11):
+        sys.exit(f"error: Python >= 3.11 is required, this is {sys.version.split()[0]}")
+    if STAMP.exists() and STAMP.read_text() == _fingerprint() and _python().exists():
+        return
+    if not _python().exists():
+        print(f"[setup] creating {VENV}", flush=True)
+        venv.EnvBuilder(with_pip=True).create(VENV)
+    pip = [str(_python()), "-m", "pip", "install", "--disable-pip-version-check", "-q"]
+    print(f"[setup] installing {' '.join(TORCH_PINS)}", flush=True)
+    subprocess.run(pip + TORCH_PINS, check=True)
+    print("[setup] installing the project with test extras (editable)", flush=True)
+    subprocess.run(pip + ["-e", f"{ROOT}[test]"], check=True)
+    STAMP.write_text(_fingerprint())
+    print("[setup] done", flush=True)
+
+
+def run_main(args: list[str]) -> int:
+    """The main job: build CookGen text records from the YouCook2 annotations and print their statistics."""
+    ann = SHARED / "youcook2" / "youcookii_annotations_trainval.json"
+    if args:
+        ann = Path(args[0])
+    if not ann.exists():
+        print(f"error: YouCook2 annotations not found at {ann}; pass a path: python3 tasks.py run PATH", file=sys.stderr)
+        return 2
+    out = ROOT / "runs" / "cookgen-youcook2"
+    labels = ann.parent / "label_foodtype.csv"
+    cmd = [str(_bin("cookgen")), "build", "youcook2", "--annotations", str(ann), "--out", str(out)]
+    if labels.exists():
+        cmd += ["--labels", str(labels)]
+    rc = subprocess.call(cmd)
+    if rc:
+        return rc
+    return subprocess.call([str(_bin("cookgen")), "stats", str(out)])
+
+
+def run_tests(args: list[str]) -> int:
+    return subprocess.call([str(_python()), "-m", "pytest", *args], cwd=ROOT)
+
+
+def main() -> int:
+    if len(sys.argv) < 2 or sys.argv[1] not in {"run", "test", "setup"}:
+        print("usage: python3 tasks.py run|test|setup [args...]", file=sys.stderr)
+        return 2
+    task, rest = sys.argv[1], sys.argv[2:]
+    setup()
+    if task == "setup":
+        return 0
+    return run_main(rest) if task == "run" else run_tests(rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
