@@ -46,7 +46,7 @@ def _fingerprint() -> str:
 
 def setup() -> None:
     """Create .venv and install the project unless the stamp says it is already done."""
-    if sys.version_info < (3, 11):
+    if sys.version_info < (3, 11):  # noqa: UP036 - tasks.py runs under any python3 the user has
         sys.exit(f"error: Python >= 3.11 is required, this is {sys.version.split()[0]}")
     if STAMP.exists() and STAMP.read_text() == _fingerprint() and _python().exists():
         return
@@ -68,7 +68,9 @@ def run_main(args: list[str]) -> int:
     if args:
         ann = Path(args[0])
     if not ann.exists():
-        print(f"error: YouCook2 annotations not found at {ann}; pass a path: python3 tasks.py run PATH", file=sys.stderr)
+        print(
+            f"error: YouCook2 annotations not found at {ann}; pass a path: python3 tasks.py run PATH", file=sys.stderr
+        )
         return 2
     out = ROOT / "runs" / "cookgen-youcook2"
     labels = ann.parent / "label_foodtype.csv"

@@ -416,24 +416,26 @@ def _features(dim: int | None):
 
 
 def write_splits(out: Path, rows_by_split: dict[str, list[dict[str, Any]]], dim: int | None) -> dict[str, int]:
-    """Write one ``datasets`` dataset per split into ``OUT/<split>`` (atomically); remove stale splits."""
+    """Write one ``datasets`` dataset per split into ``OUT/<split>`` (atomically).
+
+    A split left with no rows is not written (``datasets`` cannot save and reload an empty Arrow dataset);
+    its folder from an earlier build is removed, and the report still lists its counts.
+    """
     from datasets import Dataset
     from datasets.utils.logging import disable_progress_bar
 
     disable_progress_bar()
+    features = _features(dim)
     counts = {}
     for split, rows in rows_by_split.items():
-        features = _features(dim)
-        if rows:
-            ds = Dataset.from_list(rows, features=features)
-        else:
-            ds = Dataset.from_dict({k: [] for k in features}, features=features)
-        with atomic_dir(out / split) as tmp:
-            ds.save_to_disk(str(tmp))
         counts[split] = len(rows)
-    for split in SPLIT_ORDER:
-        if split not in rows_by_split and (out / split).is_dir():
-            shutil.rmtree(out / split)
+        if not rows:
+            continue
+        with atomic_dir(out / split) as tmp:
+            Dataset.from_list(rows, features=features).save_to_disk(str(tmp))
+    for p in out.iterdir():
+        if p.is_dir() and (p / "dataset_info.json").exists() and not counts.get(p.name):
+            shutil.rmtree(p)
     return counts
 
 

@@ -51,7 +51,9 @@ def _parser() -> ArgumentParser:
     common.add_argument("--no-progress", action="store_true", help="no progress bars")
     common.add_argument("--json", action="store_true", help="print the build report as JSON")
     common.add_argument("-v", "--verbose", action="store_true")
-    common.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. filter.min_clip_seconds=2")
+    common.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="config overrides, e.g. filter.min_clip_seconds=2"
+    )
 
     y = srcs.add_parser("youcook2", parents=[common], help="official YouCook2 annotations")
     y.add_argument("--annotations", required=True, type=Path, help="youcookii_annotations_trainval.json")
@@ -90,7 +92,11 @@ def _build(args) -> int:
     inputs: dict[str, str] = {}
     if args.source == "youcook2":
         source = read_youcook2(args.annotations, args.labels, args.videos)
-        inputs = {"annotations": str(args.annotations), "labels": str(args.labels or ""), "videos": str(args.videos or "")}
+        inputs = {
+            "annotations": str(args.annotations),
+            "labels": str(args.labels or ""),
+            "videos": str(args.videos or ""),
+        }
     elif args.source == "howto100m":
         source = read_howto100m(
             args.captions,

@@ -151,7 +151,9 @@ def read_youcook2(
             seg = ann.get("segment") if isinstance(ann, dict) else None
             sentence = ann.get("sentence") if isinstance(ann, dict) else None
             if not (isinstance(seg, list) and len(seg) == 2 and all(_number(x) is not None for x in seg)):
-                result.bad.append(BadInput("malformed_annotation", f"{where} step {j + 1}: 'segment' must be [start, end]"))
+                result.bad.append(
+                    BadInput("malformed_annotation", f"{where} step {j + 1}: 'segment' must be [start, end]")
+                )
                 bad_here = True
                 continue
             if not isinstance(sentence, str):
@@ -288,18 +290,14 @@ def read_steps(root: str | Path, split: str | None = None, val_fraction: float =
         vid = folder.relative_to(root).as_posix() if folder != root else folder.name
         actions = _read_step_yaml(folder / "actions.yaml")
         captions = _read_step_yaml(folder / "captions.yaml") if (folder / "captions.yaml").exists() else {}
-        files = {
-            p.stem: p for p in sorted(folder.iterdir()) if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file()
-        }
+        files = {p.stem: p for p in sorted(folder.iterdir()) if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file()}
         segments, missing = [], []
         for idx in sorted(actions):
             clip = files.get(str(idx))
             if clip is None:
                 missing.append(idx)
                 continue
-            segments.append(
-                Segment(0.0, math.nan, actions[idx], caption=captions.get(idx, ""), clip_file=str(clip))
-            )
+            segments.append(Segment(0.0, math.nan, actions[idx], caption=captions.get(idx, ""), clip_file=str(clip)))
         if missing:
             result.bad.append(
                 BadInput("video_missing", f"dish {vid}: no clip file for step(s) {', '.join(map(str, missing))}")

@@ -28,9 +28,13 @@ def small_youcook2(tmp_path: Path) -> tuple[Path, Path]:
     ann = write_youcook2(
         tmp_path / "youcookii_annotations_trainval.json",
         {
-            "vidA": yc_video("training", "101", [(10, 20, "spread butter on bread"), (25, 40, "add bacon"), (41, 45, "close")]),
+            "vidA": yc_video(
+                "training", "101", [(10, 20, "spread butter on bread"), (25, 40, "add bacon"), (41, 45, "close")]
+            ),
             "vidB": yc_video("training", "105", [(0, 8, "coat chicken in flour"), (9, 30, "fry the chicken")]),
-            "vidC": yc_video("validation", "101", [(5, 9, "toast bread"), (10, 200, "wait a long time"), (201, 205, "eat")]),
+            "vidC": yc_video(
+                "validation", "101", [(5, 9, "toast bread"), (10, 200, "wait a long time"), (201, 205, "eat")]
+            ),
         },
     )
     labels = tmp_path / "label_foodtype.csv"
@@ -40,7 +44,11 @@ def small_youcook2(tmp_path: Path) -> tuple[Path, Path]:
 
 def write_howto100m(folder: Path) -> dict[str, Path]:
     captions = {
-        "cook1": {"start": [0.0, 6.0, 14.0], "end": [6.0, 14.0, 22.0], "text": ["hi guys", "chop the onion", "fry it"]},
+        "cook1": {
+            "start": [0.0, 6.0, 14.0],
+            "end": [6.0, 14.0, 22.0],
+            "text": ["hi guys", "chop the onion", "fry it"],
+        },
         "cook2": {"start": [1.0, 9.5], "end": [9.5, 20.0], "text": ["whisk eggs", "pour into pan"]},
         "car1": {"start": [0.0], "end": [5.0], "text": ["change the tyre"]},
     }
@@ -57,9 +65,12 @@ def write_howto100m(folder: Path) -> dict[str, Path]:
         "cook1,14.2,21.0,Fry the onion until golden.\n"
         "cook1,40.0,50.0,Serve with rice.\n"
         "cook2,1.5,9.0,Whisk the eggs in a bowl.\n"
-        "cook2,10.0,19.0,\"Pour the eggs into the pan, then stir.\"\n"
+        'cook2,10.0,19.0,"Pour the eggs into the pan, then stir."\n'
     )
-    return {k: folder / n for k, n in [("captions", "caption.json"), ("categories", "HowTo100M_v1.csv"), ("actions", "refined.csv")]}
+    return {
+        k: folder / n
+        for k, n in [("captions", "caption.json"), ("categories", "HowTo100M_v1.csv"), ("actions", "refined.csv")]
+    }
 
 
 @pytest.fixture

@@ -42,7 +42,11 @@ def test_youcook2_malformed_items_are_bad_input(tmp_path: Path) -> None:
             {
                 "database": {
                     "ok": {"duration": 10, "subset": "training", "recipe_type": "1", "annotations": []},
-                    "x": {"subset": "training", "recipe_type": "1", "annotations": [{"segment": [1], "sentence": "a"}]},
+                    "x": {
+                        "subset": "training",
+                        "recipe_type": "1",
+                        "annotations": [{"segment": [1], "sentence": "a"}],
+                    },
                     "y": {"subset": "weird", "annotations": []},
                     "z": "not an object",
                 }
@@ -120,7 +124,9 @@ def test_steps_folder_layout(tmp_path: Path) -> None:
         (dish / f"{k}.mp4").write_bytes(b"")
     res = read_steps(tmp_path, split="train")
     [rec] = res.records
-    assert rec.video_id == "group/Tuna_Sandwich" and rec.dish == "Tuna Sandwich" and rec.safe_id == "group__Tuna_Sandwich"
+    assert (
+        rec.video_id == "group/Tuna_Sandwich" and rec.dish == "Tuna Sandwich" and rec.safe_id == "group__Tuna_Sandwich"
+    )
     assert [s.action for s in rec.segments] == ["Open the can.", "Mix tuna with mayo.", "Serve."]  # numeric order
     assert [s.caption for s in rec.segments] == ["A close-up of a can.", "", ""]
     (dish / "10.mp4").unlink()
