@@ -48,8 +48,23 @@ def synthetic_video(path: Path, seconds: float = 20.0, fps: int = 6, size: int =
 
 def test_steps_build_of_real_demo_clips(two_dishes: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "out"
-    rc, text, err = run(["build", "steps", "--root", str(two_dishes), "--out", str(out), "--split", "train",
-                         "--config", "tiny", "--no-progress", "--json"], capsys)
+    rc, text, err = run(
+        [
+            "build",
+            "steps",
+            "--root",
+            str(two_dishes),
+            "--out",
+            str(out),
+            "--split",
+            "train",
+            "--config",
+            "tiny",
+            "--no-progress",
+            "--json",
+        ],
+        capsys,
+    )
     assert rc == 0, err
     report = json.loads(text)
     ds = load_from_disk(str(out / "train"))
@@ -72,21 +87,55 @@ def test_steps_build_of_real_demo_clips(two_dishes: Path, tmp_path: Path, capsys
 def test_default_preset_embeds_every_demo_step(tmp_path: Path, capsys) -> None:
     """The real offline default (EfficientNet-Lite0 ImageNet weights) on all demo clips."""
     root = shared_path("videoauteur_demos")
-    rc, text, err = run(["build", "steps", "--root", str(root), "--out", str(tmp_path / "o"), "--split", "train",
-                         "--no-progress", "--json", "clips.cut=false"], capsys)
+    rc, text, err = run(
+        [
+            "build",
+            "steps",
+            "--root",
+            str(root),
+            "--out",
+            str(tmp_path / "o"),
+            "--split",
+            "train",
+            "--no-progress",
+            "--json",
+            "clips.cut=false",
+        ],
+        capsys,
+    )
     assert rc == 0, err
     report = json.loads(text)
     ds = load_from_disk(str(tmp_path / "o" / "train"))
-    assert ds.num_rows == 43 and report["embedding_space"] == {"name": "efficientnet-lite0/imagenet/avgpool", "dim": 1280}
+    assert ds.num_rows == 43 and report["embedding_space"] == {
+        "name": "efficientnet-lite0/imagenet/avgpool",
+        "dim": 1280,
+    }
 
 
 def test_keyframes_are_taken_at_the_configured_time(tmp_path: Path, capsys) -> None:
     vids = tmp_path / "videos"
     synthetic_video(vids / "vidA.mp4")
-    ann = write_youcook2(tmp_path / "a.json", {"vidA": yc_video("training", "1", [(2, 6, "one"), (10, 18, "two")], 20.0)})
+    ann = write_youcook2(
+        tmp_path / "a.json", {"vidA": yc_video("training", "1", [(2, 6, "one"), (10, 18, "two")], 20.0)}
+    )
     out = tmp_path / "out"
-    rc, _, err = run(["build", "youcook2", "--annotations", str(ann), "--videos", str(vids), "--out", str(out),
-                      "--config", "tiny", "--no-progress", "keyframes.format=png"], capsys)
+    rc, _, err = run(
+        [
+            "build",
+            "youcook2",
+            "--annotations",
+            str(ann),
+            "--videos",
+            str(vids),
+            "--out",
+            str(out),
+            "--config",
+            "tiny",
+            "--no-progress",
+            "keyframes.format=png",
+        ],
+        capsys,
+    )
     assert rc == 0, err
     ds = load_from_disk(str(out / "train"))
     # middle of [2, 6] is 4 s -> frame 24 (grey 58); middle of [10, 18] is 14 s -> frame 84 (grey 178)
@@ -128,8 +177,23 @@ def test_bad_videos_exit_2_or_are_counted(tmp_path: Path, capsys) -> None:
 
 
 def _build_cmd(root: Path, out: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "cookgen.cli", "build", "steps", "--root", str(root), "--out", str(out),
-            "--split", "train", "--config", "tiny", "--no-progress", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "cookgen.cli",
+        "build",
+        "steps",
+        "--root",
+        str(root),
+        "--out",
+        str(out),
+        "--split",
+        "train",
+        "--config",
+        "tiny",
+        "--no-progress",
+        *extra,
+    ]
 
 
 def test_resume_after_kill_matches_uninterrupted_build(two_dishes: Path, tmp_path: Path) -> None:
@@ -161,7 +225,9 @@ def test_resume_after_kill_matches_uninterrupted_build(two_dishes: Path, tmp_pat
     res = subprocess.run(_build_cmd(two_dishes, out, "--json"), env=env, capture_output=True, text=True)
     assert json.loads(res.stdout)["videos_resumed"] == 2
     # the same folder with another config is refused, not silently mixed
-    res = subprocess.run(_build_cmd(two_dishes, out, "keyframes.position=0.1"), env=env, capture_output=True, text=True)
+    res = subprocess.run(
+        _build_cmd(two_dishes, out, "keyframes.position=0.1"), env=env, capture_output=True, text=True
+    )
     assert res.returncode == 2 and "--force" in res.stderr
 
 
