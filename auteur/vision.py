@@ -89,7 +89,8 @@ class VisionConfig:
     ``open_clip_json`` optional, and if given it must equal the JSON file's stem (open_clip registers
     configs by file stem). ``checkpoint``: local weights file, required for ``open_clip``. ``model_json``:
     an open_clip model-config JSON (a path, or the name of one in ``auteur/model_configs``), required for
-    ``open_clip_json``; for ``open_clip`` it registers a custom architecture before the checkpoint is loaded. ``seed``: random init of ``open_clip_json`` models.
+    ``open_clip_json``; for ``open_clip`` it registers a custom architecture before the checkpoint is loaded.
+    ``seed``: random init of ``open_clip_json`` models.
     ``normalize``: L2-normalise embeddings (the space name gets ``/l2``).
     """
 
