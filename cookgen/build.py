@@ -536,6 +536,8 @@ def build(
                     if bad:
                         raise bad[0]
                 todo.append(r)
+        if todo and opts.workers == 1:
+            _models(cfg)  # load (and so check) the encoder and captioner before any video work
         bar = tqdm(total=len(todo), desc=f"cookgen {source_name}: videos", unit="video", disable=not opts.progress)
         if opts.workers > 1 and len(todo) > 1:
             threads = max(1, (os.cpu_count() or 1) // opts.workers)

@@ -41,8 +41,8 @@ def two_dishes(tmp_path: Path) -> Path:
 
 
 def synthetic_video(path: Path, seconds: float = 20.0, fps: int = 6, size: int = 64) -> Path:
-    """A video whose frame i is a solid grey of level 10 + 2*i (so the frame at a time is known)."""
-    frames = (np.full((size, size, 3), 10 + 2 * i, np.uint8) for i in range(int(seconds * fps)))
+    """A video whose frame i is a solid grey of level 10 + (2*i mod 240) (so the frame at a time is known)."""
+    frames = (np.full((size, size, 3), 10 + (2 * i) % 240, np.uint8) for i in range(int(seconds * fps)))
     return write_mp4(frames, path, fps=fps)
 
 
@@ -241,3 +241,100 @@ def test_workers_give_the_same_dataset(two_dishes: Path, tmp_path: Path, capsys)
     ea, eb = (torch.tensor([r.pop("embedding") for r in rows]) for rows in (a, b))
     assert a == b
     torch.testing.assert_close(ea, eb, rtol=1e-5, atol=1e-6)
+
+
+def test_captioner_fills_missing_captions_and_says_so(tmp_path: Path, capsys) -> None:
+    """A VLM captioner (here the tiny RANDOM Qwen2-VL: the mechanics, not the words) captions each clip."""
+    from cookgen.caption import build_tiny_qwen2_vl
+
+    model = build_tiny_qwen2_vl(tmp_path / "tiny-qwen2-vl")
+    vids = tmp_path / "videos"
+    synthetic_video(vids / "vidA.mp4")
+    ann = write_youcook2(
+        tmp_path / "a.json", {"vidA": yc_video("training", "1", [(2, 6, "one"), (10, 18, "two")], 20.0)}
+    )
+    out = tmp_path / "out"
+    rc, text, err = run(
+        [
+            "build",
+            "youcook2",
+            "--annotations",
+            str(ann),
+            "--videos",
+            str(vids),
+            "--out",
+            str(out),
+            "--config",
+            "tiny",
+            "--no-progress",
+            "--json",
+            "clips.cut=false",
+            "caption.backend=qwen2_vl",
+            f"caption.model_path={model}",
+            "caption.num_frames=2",
+            "caption.max_new_tokens=8",
+        ],
+        capsys,
+    )
+    assert rc == 0, err
+    ds = load_from_disk(str(out / "train"))
+    assert ds["caption_source"] == ["vlm:qwen2_vl:tiny-qwen2-vl"] * 2
+    assert all(c.strip() for c in ds["caption"]) and ds["clip"] == ["", ""]
+    assert json.loads(text)["captions"] == {"vlm": 2}
+    rc, _, err = run(
+        [
+            "build",
+            "youcook2",
+            "--annotations",
+            str(ann),
+            "--videos",
+            str(vids),
+            "--out",
+            str(tmp_path / "o2"),
+            "--config",
+            "tiny",
+            "caption.backend=qwen2_vl",
+            f"caption.model_path={tmp_path / 'nope'}",
+        ],
+        capsys,
+    )
+    assert rc == 2 and err.count("\n") == 1 and "nope" in err
+
+
+def test_howto100m_build_with_videos(tmp_path: Path, capsys) -> None:
+    from tests.cookgen.conftest import write_howto100m
+
+    files = write_howto100m(tmp_path)
+    vids = tmp_path / "videos"
+    synthetic_video(vids / "cook1.mp4", seconds=24)
+    rc, text, err = run(
+        [
+            "build",
+            "howto100m",
+            "--captions",
+            str(files["captions"]),
+            "--categories",
+            str(files["categories"]),
+            "--actions",
+            str(files["actions"]),
+            "--videos",
+            str(vids),
+            "--out",
+            str(tmp_path / "o"),
+            "--config",
+            "tiny",
+            "--no-progress",
+            "--skip-bad",
+            "--json",
+            "split.val_fraction=0",
+        ],
+        capsys,
+    )
+    assert rc == 0, err
+    report = json.loads(text)
+    assert report["rejected_videos"] == {"video_missing": 1}  # cook2 has no file
+    assert report["excluded"] == {"no_matching_clip": 1, "not_cooking": 1}
+    ds = load_from_disk(str(tmp_path / "o" / "train"))
+    assert ds["action"] == ["Chop the onion finely.", "Fry the onion until golden."]
+    assert ds["asr"] == ["chop the onion", "fry it"] and (ds["start"], ds["end"]) == ([6.0, 14.0], [14.0, 22.0])
+    assert all((tmp_path / "o" / k).is_file() for k in list(ds["keyframe"]) + list(ds["clip"]))

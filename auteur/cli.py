@@ -1,0 +1,106 @@
+"""``auteur``: the shared tools of the pipeline.
+
+    auteur show PLAN_DIR [--json]              # validate a plan folder and print it readably
+    auteur embed IMAGE [IMAGE ...] --out FILE  # embed images into a visual space (safetensors + its space)
+                [--backend efficientnet_lite0|open_clip|open_clip_json] [--model-name N] [--checkpoint P]
+
+``auteur run`` (the whole pipeline) and ``auteur compare`` (comparison experiments) arrive with their stages.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from auteur.cliutil import ArgumentParser, run_cli, setup_logging
+from auteur.errors import AuteurError
+
+
+def _parser() -> ArgumentParser:
+    p = ArgumentParser(prog="auteur", description="Shared tools of the VideoAuteur pipeline.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
+    s = sub.add_parser("show", help="validate a plan folder and print it")
+    s.add_argument("plan", type=Path)
+    s.add_argument("--json", action="store_true", help="print plan.json as validated")
+    e = sub.add_parser("embed", help="embed images into a visual space")
+    e.add_argument("images", nargs="+", type=Path)
+    e.add_argument("--out", required=True, type=Path, help="output .safetensors (tensor 'embeddings' [N, dim])")
+    e.add_argument(
+        "--backend", default="efficientnet_lite0", choices=["efficientnet_lite0", "open_clip", "open_clip_json"]
+    )
+    e.add_argument("--model-name", default="")
+    e.add_argument("--checkpoint")
+    e.add_argument("--model-json")
+    return p
+
+
+def _show(args) -> int:
+    from auteur.plan import load_plan, plan_to_json
+
+    plan = load_plan(args.plan)
+    if args.json:
+        print(json.dumps(plan_to_json(plan), indent=2, ensure_ascii=False))
+        return 0
+    print(f"Plan: {plan.query}")
+    for s in plan.steps:
+        print(f"\n{s.index}. {s.action}")
+        if s.caption:
+            print(f"   {s.caption}")
+        for what, path in (("keyframe", s.keyframe), ("clip", s.clip)):
+            if path:
+                print(f"   {what}: {path}")
+    space = f"{plan.space.name} (dim {plan.space.dim})" if plan.space else "none"
+    print(f"\nembeddings: {space}")
+    if plan.provenance:
+        prov = {k: v for k, v in plan.provenance.items() if k != "versions"}
+        print("provenance: " + json.dumps(prov, ensure_ascii=False))
+    return 0
+
+
+def _embed(args) -> int:
+    from PIL import Image, UnidentifiedImageError
+    from safetensors.torch import save_file
+
+    from auteur.io import atomic_path
+    from auteur.vision import VisionConfig, load_encoder
+
+    images = []
+    for path in args.images:
+        try:
+            with Image.open(path) as im:
+                images.append(im.convert("RGB"))
+        except FileNotFoundError:
+            raise AuteurError(f"image not found: {path}") from None
+        except (UnidentifiedImageError, OSError) as e:
+            raise AuteurError(f"cannot read image {path}: {e}") from None
+    cfg = VisionConfig(
+        backend=args.backend, model_name=args.model_name, checkpoint=args.checkpoint, model_json=args.model_json
+    )
+    encoder = load_encoder(cfg)
+    emb = encoder.embed_images(images, progress=len(images) > 16)
+    with atomic_path(args.out, suffix=".safetensors") as tmp:
+        save_file(
+            {"embeddings": emb.contiguous()},
+            str(tmp),
+            metadata={
+                "space": encoder.space.name,
+                "dim": str(encoder.space.dim),
+                "files": json.dumps([str(p) for p in args.images]),
+            },
+        )
+    print(f"{len(images)} embeddings in {encoder.space.name} (dim {encoder.space.dim}) -> {args.out}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    def body() -> int:
+        args = _parser().parse_args(argv)
+        setup_logging()
+        return _show(args) if args.command == "show" else _embed(args)
+
+    return run_cli(body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

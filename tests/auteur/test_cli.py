@@ -1,0 +1,45 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from safetensors.torch import load_file
+
+from auteur.cli import main
+from auteur.plan import read_space, save_plan
+from tests.auteur.test_plan import make_plan
+
+
+def test_show_prints_a_valid_plan_and_rejects_a_broken_one(tmp_path: Path, capsys) -> None:
+    save_plan(make_plan(), tmp_path / "p")
+    assert main(["show", str(tmp_path / "p")]) == 0
+    out = capsys.readouterr().out
+    assert "Plan: how to cook a tuna sandwich" in out and "\n2. action 2" in out and "keyframes/001.png" in out
+    (tmp_path / "p" / "plan.json").write_text('{"query": "x"}')
+    assert main(["show", str(tmp_path / "p")]) == 2
+    err = capsys.readouterr().err
+    assert err == "error: plan.json: missing field 'steps'\n"
+
+
+def test_embed_writes_embeddings_with_their_space(tmp_path: Path, capsys) -> None:
+    paths = []
+    for i in range(3):
+        p = tmp_path / f"{i}.png"
+        Image.fromarray(np.full((40, 50, 3), 60 * i, np.uint8)).save(p)
+        paths.append(str(p))
+    out = tmp_path / "e.safetensors"
+    assert (
+        main(["embed", *paths, "--out", str(out), "--backend", "open_clip_json", "--model-json", "tiny_open_clip"])
+        == 0
+    )
+    emb = load_file(str(out))["embeddings"]
+    space = read_space(out)
+    assert emb.shape == (3, space.dim) and space.name.startswith("open_clip-random/tiny_open_clip/")
+    assert not np.allclose(emb[0].numpy(), emb[2].numpy())
+    capsys.readouterr()
+    assert main(["embed", str(tmp_path / "nope.png"), "--out", str(tmp_path / "x.safetensors")]) == 2
+    assert capsys.readouterr().err.startswith("error: image not found")
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    assert main(["embed", str(tmp_path / "bad.png"), "--out", str(tmp_path / "x.safetensors")]) == 2
+    assert not (tmp_path / "x.safetensors").exists()
