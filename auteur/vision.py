@@ -104,15 +104,6 @@ class VisionConfig:
     normalize: bool = False
 
 
-def check_same_space(expected: VisualSpace, got: VisualSpace, what: str = "embeddings") -> None:
-    """Raise VisionError unless ``got`` is the same visual space as ``expected``."""
-    if expected != got:
-        raise VisionError(
-            f"{what} are in visual space {got.name} (dim {got.dim}) but {expected.name} (dim {expected.dim}) "
-            "is expected; embeddings from different encoders cannot be mixed"
-        )
-
-
 # --------------------------------------------------------------------------------------------- inputs
 
 

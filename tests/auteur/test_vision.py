@@ -19,7 +19,6 @@ from auteur.vision import (
     EFFICIENTNET_STD,
     VisionConfig,
     VisualEncoder,
-    check_same_space,
     clear_cache,
     load_encoder,
 )
@@ -225,16 +224,6 @@ def test_config_errors():
         load_encoder(VisionConfig(backend="resnet"))  # type: ignore[arg-type]
     with pytest.raises(VisionError, match="batch_size"):
         load_encoder(VisionConfig(batch_size=0))
-
-
-def test_check_same_space():
-    a = VisualSpace("efficientnet-lite0/imagenet/avgpool", 1280)
-    check_same_space(a, VisualSpace("efficientnet-lite0/imagenet/avgpool", 1280))
-    with pytest.raises(VisionError, match="cannot be mixed"):
-        check_same_space(a, VisualSpace("open_clip/ViT-L-14/0123456789ab", 768))
-
-
-# ----------------------------------------------------------------------------------- open_clip backends
 
 
 def tiny_cfg(seed: int = 0, **kw) -> VisionConfig:

@@ -5,7 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
+
+from auteur.video import write_mp4
+from cookgen.cli import main
 
 
 def write_youcook2(path: Path, database: dict) -> Path:
@@ -76,3 +80,26 @@ def write_howto100m(folder: Path) -> dict[str, Path]:
 @pytest.fixture
 def small_howto100m(tmp_path: Path) -> dict[str, Path]:
     return write_howto100m(tmp_path)
+
+
+def run(argv: list[str], capsys) -> tuple[int, str, str]:
+    """Run the cookgen CLI in-process; returns (exit code, stdout, stderr)."""
+    rc = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def synthetic_video(path: Path, seconds: float = 20.0, fps: int = 6, size: int = 64) -> Path:
+    """A video whose frame i is a solid grey of level 10 + (2*i mod 240) (so the frame at a time is known)."""
+    frames = (np.full((size, size, 3), 10 + (2 * i) % 240, np.uint8) for i in range(int(seconds * fps)))
+    return write_mp4(frames, path, fps=fps)
+
+
+def youcook2_with_video(tmp_path: Path) -> list[str]:
+    """A 20 s synthetic video "vidA" with two annotated steps ([2, 6] and [10, 18]); returns the build args."""
+    vids = tmp_path / "videos"
+    synthetic_video(vids / "vidA.mp4")
+    ann = write_youcook2(
+        tmp_path / "a.json", {"vidA": yc_video("training", "1", [(2, 6, "one"), (10, 18, "two")], 20.0)}
+    )
+    return ["build", "youcook2", "--annotations", str(ann), "--videos", str(vids), "--config", "tiny", "--no-progress"]

@@ -8,15 +8,8 @@ from pathlib import Path
 import pytest
 from datasets import load_from_disk
 
-from cookgen.cli import main
 from cookgen.stats import compute_stats
-from tests.cookgen.conftest import write_youcook2, yc_video
-
-
-def run(argv: list[str], capsys) -> tuple[int, str, str]:
-    rc = main(argv)
-    out, err = capsys.readouterr()
-    return rc, out, err
+from tests.cookgen.conftest import run, write_youcook2, yc_video
 
 
 def test_small_youcook2_build(small_youcook2, tmp_path: Path, capsys) -> None:

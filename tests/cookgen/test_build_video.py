@@ -17,18 +17,11 @@ import torch
 from datasets import load_from_disk
 from PIL import Image
 
-from auteur.video import probe, write_mp4
-from cookgen.cli import main
+from auteur.video import probe
 from tests.conftest import REPO, shared_path
-from tests.cookgen.conftest import write_youcook2, yc_video
+from tests.cookgen.conftest import run, synthetic_video, write_youcook2, yc_video, youcook2_with_video
 
 DISHES = ("Interleaved/Corn_Dog", "Language_Centric/BLT_Sandwich")
-
-
-def run(argv: list[str], capsys) -> tuple[int, str, str]:
-    rc = main(argv)
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 @pytest.fixture
@@ -38,12 +31,6 @@ def two_dishes(tmp_path: Path) -> Path:
     for d in DISHES:
         shutil.copytree(shared_path("videoauteur_demos", d), root / d)
     return root
-
-
-def synthetic_video(path: Path, seconds: float = 20.0, fps: int = 6, size: int = 64) -> Path:
-    """A video whose frame i is a solid grey of level 10 + (2*i mod 240) (so the frame at a time is known)."""
-    frames = (np.full((size, size, 3), 10 + (2 * i) % 240, np.uint8) for i in range(int(seconds * fps)))
-    return write_mp4(frames, path, fps=fps)
 
 
 def test_steps_build_of_real_demo_clips(two_dishes: Path, tmp_path: Path, capsys) -> None:
@@ -113,29 +100,8 @@ def test_default_preset_embeds_every_demo_step(tmp_path: Path, capsys) -> None:
 
 
 def test_keyframes_are_taken_at_the_configured_time(tmp_path: Path, capsys) -> None:
-    vids = tmp_path / "videos"
-    synthetic_video(vids / "vidA.mp4")
-    ann = write_youcook2(
-        tmp_path / "a.json", {"vidA": yc_video("training", "1", [(2, 6, "one"), (10, 18, "two")], 20.0)}
-    )
     out = tmp_path / "out"
-    rc, _, err = run(
-        [
-            "build",
-            "youcook2",
-            "--annotations",
-            str(ann),
-            "--videos",
-            str(vids),
-            "--out",
-            str(out),
-            "--config",
-            "tiny",
-            "--no-progress",
-            "keyframes.format=png",
-        ],
-        capsys,
-    )
+    rc, _, err = run(youcook2_with_video(tmp_path) + ["--out", out, "keyframes.format=png"], capsys)
     assert rc == 0, err
     ds = load_from_disk(str(out / "train"))
     # middle of [2, 6] is 4 s -> frame 24 (grey 58); middle of [10, 18] is 14 s -> frame 84 (grey 178)
@@ -248,32 +214,12 @@ def test_captioner_fills_missing_captions_and_says_so(tmp_path: Path, capsys) ->
     from cookgen.caption import build_tiny_qwen2_vl
 
     model = build_tiny_qwen2_vl(tmp_path / "tiny-qwen2-vl")
-    vids = tmp_path / "videos"
-    synthetic_video(vids / "vidA.mp4")
-    ann = write_youcook2(
-        tmp_path / "a.json", {"vidA": yc_video("training", "1", [(2, 6, "one"), (10, 18, "two")], 20.0)}
-    )
+    base = youcook2_with_video(tmp_path)
     out = tmp_path / "out"
     rc, text, err = run(
-        [
-            "build",
-            "youcook2",
-            "--annotations",
-            str(ann),
-            "--videos",
-            str(vids),
-            "--out",
-            str(out),
-            "--config",
-            "tiny",
-            "--no-progress",
-            "--json",
-            "clips.cut=false",
-            "caption.backend=qwen2_vl",
-            f"caption.model_path={model}",
-            "caption.num_frames=2",
-            "caption.max_new_tokens=8",
-        ],
+        base
+        + ["--out", out, "--json", "clips.cut=false", "caption.backend=qwen2_vl", f"caption.model_path={model}"]
+        + ["caption.num_frames=2", "caption.max_new_tokens=8"],
         capsys,
     )
     assert rc == 0, err
@@ -281,23 +227,8 @@ def test_captioner_fills_missing_captions_and_says_so(tmp_path: Path, capsys) ->
     assert ds["caption_source"] == ["vlm:qwen2_vl:tiny-qwen2-vl"] * 2
     assert all(c.strip() for c in ds["caption"]) and ds["clip"] == ["", ""]
     assert json.loads(text)["captions"] == {"vlm": 2}
-    rc, _, err = run(
-        [
-            "build",
-            "youcook2",
-            "--annotations",
-            str(ann),
-            "--videos",
-            str(vids),
-            "--out",
-            str(tmp_path / "o2"),
-            "--config",
-            "tiny",
-            "caption.backend=qwen2_vl",
-            f"caption.model_path={tmp_path / 'nope'}",
-        ],
-        capsys,
-    )
+    bad_model = ["caption.backend=qwen2_vl", f"caption.model_path={tmp_path / 'nope'}"]
+    rc, _, err = run(base + ["--out", tmp_path / "o2", *bad_model], capsys)
     assert rc == 2 and err.count("\n") == 1 and "nope" in err
 
 
