@@ -206,6 +206,23 @@ def _save_image(frame, path: Path, cfg: KeyframeConfig) -> None:
             img.save(tmp, format="PNG")
 
 
+def _step_entry(
+    idx: int, seg: Segment, caption: str, caption_source: str, clip: str = "", keyframe: str = ""
+) -> dict[str, Any]:
+    """One finished step as recorded in work/videos/<id>.json (paths relative to the build folder)."""
+    return {
+        "source_index": idx,
+        "start": seg.start,
+        "end": seg.end,
+        "action": seg.action,
+        "caption": caption,
+        "caption_source": caption_source,
+        "asr": seg.asr,
+        "clip": clip,
+        "keyframe": keyframe,
+    }
+
+
 def _caption_times(start: float, end: float, n: int) -> list[float]:
     return [start + (end - start) * (k + 0.5) / n for k in range(n)]
 
@@ -293,19 +310,7 @@ def process_video(rec: VideoRecord, cfg: BuildConfig, out: Path, skip_bad: bool 
                 text = captioner.caption([Image.fromarray(f) for f in cap_frames]).strip()
                 if text:
                     caption, caption_source = text, f"vlm:{captioner.model_id}"
-            result["steps"].append(
-                {
-                    "source_index": idx,
-                    "start": seg.start,
-                    "end": seg.end,
-                    "action": seg.action,
-                    "caption": caption,
-                    "caption_source": caption_source,
-                    "asr": seg.asr,
-                    "clip": clip_rel,
-                    "keyframe": kf_rel,
-                }
-            )
+            result["steps"].append(_step_entry(idx, seg, caption, caption_source, clip_rel, kf_rel))
     except VideoError as e:
         raise video_error(e) from None
 
@@ -340,19 +345,7 @@ def _text_only_record(rec: VideoRecord, cfg: BuildConfig, skip_bad: bool) -> dic
     steps = []
     if sc.video_rejection is None:
         for idx, seg in sc.kept:
-            steps.append(
-                {
-                    "source_index": idx,
-                    "start": seg.start,
-                    "end": seg.end,
-                    "action": seg.action,
-                    "caption": seg.caption,
-                    "caption_source": "source" if seg.caption else "missing",
-                    "asr": seg.asr,
-                    "clip": "",
-                    "keyframe": "",
-                }
-            )
+            steps.append(_step_entry(idx, seg, seg.caption, "source" if seg.caption else "missing"))
     return {
         "video_id": rec.video_id,
         "rejected_steps": dict(sc.rejected),
