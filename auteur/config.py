@@ -75,7 +75,8 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
         return from_dict(tp, value, prefix=key)
     if origin in (list, tuple):
         if isinstance(value, _Raw):
-            value = yaml.safe_load(value)
+            # "a,b" on the command line is a list too (paths rarely parse as YAML lists)
+            value = yaml.safe_load(value) if value.lstrip().startswith("[") else [_Raw(v) for v in value.split(",") if v]
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"config key '{key}': expected a list, got {type(value).__name__} {value!r}")
         args = get_args(tp)
@@ -235,6 +236,11 @@ def read_preset(name_or_path: str | Path, preset_dir: str | Path) -> dict[str, A
         raise ConfigError(f"preset {path} is not valid YAML: {str(e).splitlines()[0]}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"preset {path} must hold a mapping of config keys, not {type(data).__name__}")
+    base = data.pop("base", None)
+    if base is not None:  # a preset may extend another: `base: default` then only the keys that differ
+        if str(base) == text or Path(str(base)).stem == path.stem:
+            raise ConfigError(f"preset {path} names itself as its base")
+        data = _deep_merge(read_preset(base, preset_dir), data)
     return data
 
 

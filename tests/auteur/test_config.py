@@ -44,6 +44,7 @@ def test_defaults_preset_and_overrides_layer_in_order(presets: Path) -> None:
     assert cfg.train.schedule == "cosine"  # untouched default survives a partial preset
     assert load_config(Cfg, "tiny", ["name=123"], preset_dir=presets).name == "123"  # str field keeps the text
     assert load_config(Cfg, "tiny", ["train.layers=[3, 4]"], preset_dir=presets).train.layers == [3, 4]
+    assert load_config(Cfg, "tiny", ["train.layers=5,6"], preset_dir=presets).train.layers == [5, 6]
 
 
 def test_presets_listed_by_name_and_loaded_by_path(presets: Path) -> None:
@@ -90,3 +91,12 @@ def test_saved_config_reloads_to_the_same_config(presets: Path, tmp_path: Path) 
     assert load_config(Cfg, str(path), preset_dir=presets) == cfg
     assert dump_config(cfg) == path.read_text()
     assert not [p for p in out.iterdir() if p.name != "config.yaml"]  # no temporaries left
+
+
+def test_preset_can_extend_another(presets: Path) -> None:
+    (presets / "ablation.yaml").write_text("base: paper\ntrain:\n  steps: 7\n")
+    cfg = load_config(Cfg, "ablation", preset_dir=presets)
+    assert (cfg.name, cfg.train.lr, cfg.train.schedule, cfg.train.steps) == ("paper", 0.0001, "constant", 7)
+    (presets / "loop.yaml").write_text("base: loop\n")
+    with pytest.raises(ConfigError, match="names itself"):
+        load_config(Cfg, "loop", preset_dir=presets)

@@ -1,0 +1,113 @@
+"""Director checkpoints: what is trained, in a folder, and how to rebuild a director from it.
+
+A checkpoint folder holds only what training changes (a few MB, never the base LM):
+
+- ``adapter_model.safetensors`` + ``adapter_config.json``: the LoRA adapter in peft's format;
+- ``director_extra.safetensors``: the image-block (query) embeddings, the regression head, the projector;
+- ``director.json``: the base model id it was trained on, the visual space, the model config, provenance.
+
+:func:`build_director` loads the base LM (:mod:`director.backbone`), checks it is the one the checkpoint was
+trained on, and applies the checkpoint. A mismatch (another base model, another visual space) is an error.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from auteur.config import from_dict, to_dict
+from auteur.io import atomic_dir
+from auteur.plan import VisualSpace
+from director.backbone import Backbone, BackboneConfig, DirectorError, load_backbone
+from director.model import Director, ModelConfig
+
+log = logging.getLogger(__name__)
+
+FORMAT = "director/1"
+META = "director.json"
+EXTRA = "director_extra.safetensors"
+ADAPTER = "adapter_model.safetensors"
+
+
+def save_checkpoint(
+    director: Director, folder: str | Path, base_model_id: str, space: VisualSpace, **meta: Any
+) -> Path:
+    """Write the trained parts of ``director`` into ``folder`` (atomically, replacing it)."""
+    folder = Path(folder)
+    with atomic_dir(folder) as tmp:
+        if director.cfg.lora.enabled:
+            director.lm.save_pretrained(str(tmp))
+            (tmp / "README.md").unlink(missing_ok=True)
+        save_file({k: v.contiguous().cpu() for k, v in director.extra_state().items()}, str(tmp / EXTRA))
+        info = {
+            "format": FORMAT,
+            "base_model_id": base_model_id,
+            "space": space.to_json(),
+            "model": to_dict(director.cfg),
+            **meta,
+        }
+        (tmp / META).write_text(json.dumps(info, indent=2) + "\n")
+    return folder
+
+
+def read_meta(folder: str | Path) -> dict[str, Any]:
+    folder = Path(folder)
+    path = folder / META
+    if not path.is_file():
+        raise DirectorError(f"{folder} is not a director checkpoint ({META} not found)")
+    try:
+        meta = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise DirectorError(f"{path} is not valid JSON: {e}") from None
+    if meta.get("format") != FORMAT:
+        raise DirectorError(f"{path}: unsupported format {meta.get('format')!r}")
+    return meta
+
+
+def load_checkpoint_into(director: Director, folder: str | Path) -> None:
+    """Apply a checkpoint's adapter and extras to a director built with the same config."""
+    folder = Path(folder)
+    try:
+        if director.cfg.lora.enabled:
+            director.load_adapter_state(load_file(str(folder / ADAPTER)))
+        director.load_extra_state(load_file(str(folder / EXTRA)))
+    except (OSError, RuntimeError, KeyError, ValueError) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise DirectorError(f"checkpoint {folder} does not fit this director: {msg}") from None
+
+
+def build_director(
+    backbone_cfg: BackboneConfig,
+    model_cfg: ModelConfig,
+    space: VisualSpace,
+    checkpoint: str | Path | None = None,
+    backbone: Backbone | None = None,
+    seed: int = 0,
+) -> tuple[Director, Backbone, dict[str, Any]]:
+    """A director on ``backbone_cfg``'s LM, with ``checkpoint`` applied when given.
+
+    With a checkpoint, its recorded model config and visual space are used, and its base model id must
+    match the backbone's. Returns ``(director, backbone, checkpoint meta or {})``.
+    """
+    meta: dict[str, Any] = {}
+    if checkpoint is not None:
+        meta = read_meta(checkpoint)
+        model_cfg = from_dict(ModelConfig, meta["model"])
+        space = VisualSpace(meta["space"]["name"], int(meta["space"]["dim"]))
+    backbone = backbone or load_backbone(backbone_cfg)
+    if meta and meta["base_model_id"] != backbone.model_id:
+        raise DirectorError(
+            f"checkpoint {checkpoint} was trained on base model {meta['base_model_id']}, "
+            f"but the configured backbone is {backbone.model_id}"
+        )
+    torch.manual_seed(seed)  # the initial values of the untrained parts are reproducible
+    director = Director(backbone.model, backbone.tokenizer, model_cfg, space.dim)
+    if checkpoint is not None:
+        load_checkpoint_into(director, checkpoint)
+    director.eval()
+    return director, backbone, meta

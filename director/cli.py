@@ -1,0 +1,240 @@
+"""``director``: plan a recipe, train the director, evaluate it.
+
+    director plan "how to cook a tuna sandwich" [--preset default|tiny|PATH] [--steps N] [--out DIR] [--seed S]
+                  [--temperature T] [--json] [--no-captions] [key=value ...]
+    director plan --continue PLAN_DIR --from-step K [--preset ...] [--out DIR]
+    director train --config tiny|default|paper|PATH data=COOKGEN_DIR[,DIR] out=RUN_DIR [key=value ...]
+    director eval --preset P --annotations youcookii_annotations_trainval.json [--labels CSV] [--split validation]
+                  [--limit N] [--baselines] [--out DIR]
+    director presets
+
+``--preset`` takes a preset name, a preset YAML, or a trained checkpoint folder (``RUN/final``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+from pathlib import Path
+
+from auteur.cliutil import ArgumentParser, UsageError, run_cli, setup_logging
+from auteur.config import list_presets, load_config, save_config
+from director.config import PRESETS, DirectorConfig
+
+log = logging.getLogger(__name__)
+PACKAGE = Path(__file__).parent
+
+
+def resolve_config(preset: str, overrides: list[str]) -> DirectorConfig:
+    """A preset name or YAML, or a checkpoint folder (then the default preset with that checkpoint)."""
+    path = Path(preset)
+    if path.is_dir():
+        if not (path / "director.json").is_file():
+            raise UsageError(f"--preset {preset}: a folder must be a director checkpoint (no director.json in it)")
+        cfg = load_config(DirectorConfig, "default", overrides, preset_dir=PRESETS)
+        cfg.checkpoint = str(path)
+        meta = json.loads((path / "director.json").read_text())
+        base = meta.get("backbone")
+        if base:
+            from auteur.config import from_dict
+            from director.backbone import BackboneConfig
+
+            cfg.backbone = from_dict(BackboneConfig, base)
+        return cfg
+    cfg = load_config(DirectorConfig, preset, overrides, preset_dir=PRESETS)
+    if cfg.checkpoint and cfg.checkpoint.startswith("package:"):
+        cfg.checkpoint = str(PACKAGE / cfg.checkpoint.removeprefix("package:"))
+    return cfg
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:60] or "plan"
+
+
+def _parser() -> ArgumentParser:
+    p = ArgumentParser(prog="director", description="The VideoAuteur director: plan, train, evaluate.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
+
+    pl = sub.add_parser("plan", help="plan a recipe: actions, captions and visual states")
+    pl.add_argument("query", nargs="?", help='e.g. "how to cook a tuna sandwich"')
+    pl.add_argument("--preset", default="default")
+    pl.add_argument("--steps", type=int, help="number of steps (default: the model decides, within plan.max_steps)")
+    pl.add_argument("--out", type=Path, help="plan folder (default: runs/plans/<query>)")
+    pl.add_argument("--seed", type=int, default=0)
+    pl.add_argument("--temperature", type=float, help="sampling temperature (0: greedy; default from the preset)")
+    pl.add_argument("--no-captions", action="store_true", help="actions and visual states only")
+    pl.add_argument("--json", action="store_true", help="print plan.json instead of the readable plan")
+    pl.add_argument("--continue", dest="cont", type=Path, metavar="PLAN_DIR", help="continue an existing plan")
+    pl.add_argument("--from-step", type=int, help="with --continue: keep steps 1..K, regenerate the rest")
+    pl.add_argument("overrides", nargs="*", metavar="key=value")
+
+    tr = sub.add_parser("train", help="train the director on CookGen splits")
+    tr.add_argument("--config", default="default")
+    tr.add_argument("--no-progress", action="store_true")
+    tr.add_argument("overrides", nargs="*", metavar="key=value", help="data=DIR out=RUN_DIR train.max_steps=... ")
+
+    ev = sub.add_parser("eval", help="score plans against YouCook2 ground truth")
+    ev.add_argument("--preset", default="default")
+    ev.add_argument("--annotations", required=True, type=Path)
+    ev.add_argument("--labels", type=Path, help="label_foodtype.csv (default: beside the annotations)")
+    ev.add_argument("--split", default="validation", choices=["validation", "training"])
+    ev.add_argument("--limit", type=int, help="evaluate the first N videos only")
+    ev.add_argument("--baselines", action="store_true", help="also score the zero-shot and retrieval baselines")
+    ev.add_argument("--out", type=Path, default=Path("runs/director-eval"))
+    ev.add_argument("overrides", nargs="*", metavar="key=value")
+
+    sub.add_parser("presets", help="list the presets")
+    return p
+
+
+def _print_plan(folder: Path, note: str) -> None:
+    from auteur.plan import load_plan
+
+    plan = load_plan(folder)
+    print(f"Plan: {plan.query}")
+    for s in plan.steps:
+        kept = " (kept)" if s.meta.get("kept") else ""
+        print(f"\n{s.index}. {s.action}{kept}")
+        if s.caption:
+            print(f"   {s.caption}")
+    print(f"\n{len(plan.steps)} steps, visual states in {plan.space.name} (dim {plan.space.dim}) -> {folder}")
+    if note:
+        print(note)
+
+
+def _plan(args) -> int:
+    import torch
+
+    from auteur.io import atomic_dir
+    from auteur.plan import Plan, Step, VisualSpace, load_plan, plan_to_json, save_plan
+    from director.checkpoint import build_director
+    from director.plan import Planner
+    from director.train import resolve_space
+
+    keep = []
+    if args.cont is not None:
+        if args.from_step is None:
+            raise UsageError("--continue needs --from-step K (the steps to keep)")
+        old = load_plan(args.cont)
+        if not 0 <= args.from_step <= len(old.steps):
+            raise UsageError(f"--from-step must be between 0 and {len(old.steps)} (the plan's steps)")
+        if old.embeddings is None:
+            raise UsageError(f"{args.cont} has no embeddings; continuation needs the visual states of the kept steps")
+        query = args.query or old.query
+        keep = [(s.action, s.caption, old.embeddings[i]) for i, s in enumerate(old.steps[: args.from_step])]
+    else:
+        if args.from_step is not None:
+            raise UsageError("--from-step goes with --continue PLAN_DIR")
+        query = args.query
+    if query is None or not query.strip():
+        raise UsageError('the query is empty: give what to plan, e.g. "how to cook a tuna sandwich"')
+    if args.steps is not None and args.steps < 1:
+        raise UsageError(f"--steps must be at least 1, got {args.steps}")
+    cfg = resolve_config(args.preset, args.overrides)
+    if args.temperature is not None:
+        if args.temperature < 0:
+            raise UsageError("--temperature must be >= 0")
+        cfg.plan.temperature = args.temperature
+    if args.no_captions:
+        cfg.plan.captions = False
+    space = VisualSpace("unknown", 0)
+    if cfg.checkpoint is None:
+        space = resolve_space(DirectorConfig(vision=cfg.vision))
+    director, backbone, meta = build_director(cfg.backbone, cfg.model, space, checkpoint=cfg.checkpoint, seed=cfg.seed)
+    if meta:
+        space = VisualSpace(meta["space"]["name"], int(meta["space"]["dim"]))
+    if keep:
+        old_space = load_plan(args.cont).space
+        space.check_same(old_space, what=f"embeddings of {args.cont}")
+    n_prompt = len(backbone.tokenizer(query)["input_ids"])
+    limit = getattr(backbone.model.config, "max_position_embeddings", 2048)
+    if n_prompt > limit // 4:
+        raise UsageError(f"the query has {n_prompt} tokens; the model's context ({limit}) cannot hold a plan for it")
+    if args.steps is not None and len(keep) >= args.steps:
+        raise UsageError(f"--steps {args.steps} leaves nothing to generate after keeping {len(keep)} steps")
+    planner = Planner(director, cfg.plan)
+    result = planner.plan(query, steps=args.steps, seed=args.seed, keep=keep)
+    steps = [
+        Step(index=i + 1, action=s.action, caption=s.caption, meta={"kept": True} if s.kept else {})
+        for i, s in enumerate(result.steps)
+    ]
+    trained = bool(meta)
+    provenance = {
+        "preset": args.preset,
+        "seed": args.seed,
+        "temperature": cfg.plan.temperature,
+        "models": {
+            "director_base": backbone.model_id,
+            "director_checkpoint": cfg.checkpoint,
+            "director_trained": trained,
+            "visual_space": space.name,
+        },
+        "ended_by_model": result.ended_by_model,
+        "decode_tokens_per_s": round(result.stats["decode_tokens"] / result.stats["decode_seconds"], 2)
+        if result.stats["decode_seconds"]
+        else None,
+    }
+    if args.cont is not None:
+        provenance["continued_from"] = {"plan": str(args.cont), "kept_steps": len(keep)}
+    plan = Plan(
+        query=query,
+        steps=steps,
+        embeddings=torch.stack([s.embedding for s in result.steps]),
+        space=space,
+        provenance=provenance,
+    )
+    out = args.out or Path("runs") / "plans" / _slug(query)
+    with atomic_dir(out) as tmp:
+        save_plan(plan, tmp)
+        save_config(cfg, tmp)
+    note = "" if trained else "note: an UNTRAINED director (random weights; tiny preset) wrote this plan"
+    if args.json:
+        print(json.dumps(plan_to_json(load_plan(out)), indent=2, ensure_ascii=False))
+    else:
+        _print_plan(out, note)
+    return 0
+
+
+def _train(args) -> int:
+    from director.train import train
+
+    cfg = load_config(DirectorConfig, args.config, args.overrides, preset_dir=PRESETS)
+    final = train(cfg, progress=not args.no_progress)
+    meta = json.loads((final / "director.json").read_text())
+    val = meta.get("validation") or {}
+    print(f"trained director -> {final}")
+    if val:
+        print("validation: " + ", ".join(f"{k} {v:.4f}" for k, v in val.items()))
+    return 0
+
+
+def _eval(args) -> int:
+    from director.evaluate import run_eval
+
+    cfg = resolve_config(args.preset, args.overrides)
+    table = run_eval(cfg, args)
+    print(table)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    def body() -> int:
+        args = _parser().parse_args(argv)
+        setup_logging()
+        logging.getLogger("transformers").setLevel(logging.ERROR)
+        if args.command == "plan":
+            return _plan(args)
+        if args.command == "train":
+            return _train(args)
+        if args.command == "eval":
+            return _eval(args)
+        print("\n".join(list_presets(PRESETS)))
+        return 0
+
+    return run_cli(body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

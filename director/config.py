@@ -1,0 +1,70 @@
+"""The director's config (one dataclass tree; presets in ``director/presets/*.yaml``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from auteur.vision import VisionConfig
+from director.backbone import BackboneConfig
+from director.model import LossConfig, ModelConfig
+
+PRESETS = Path(__file__).parent / "presets"
+
+
+@dataclass
+class DataConfig:
+    """Training data: CookGen builds (top-level ``data=DIR[,DIR]``) and how they become samples."""
+
+    captions_csv: str | None = None  # extra CookGen-style captions (a CSV with a `text` column)
+    train_split: str = "train"
+    val_split: str = "val"
+    context_steps: int = 4  # steps per training window (the rolling context)
+    stride: int = 2
+    max_tokens: int = 1024
+    max_val_samples: int = 64
+    caption_lines_per_epoch: int = 0  # how many captions.csv lines join each epoch (0: none)
+
+
+@dataclass
+class TrainConfig:
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 10
+    max_steps: int = 200
+    batch_size: int = 4
+    grad_accum: int = 1
+    grad_clip: float = 1.0
+    save_every: int = 50
+    eval_every: int = 50
+    log_every: int = 10
+    threads: int = 0  # torch CPU threads (0: torch's default)
+
+
+@dataclass
+class PlanConfig:
+    max_steps: int = 12  # bound on the steps when the model decides the end
+    max_action_tokens: int = 40
+    max_caption_tokens: int = 96
+    temperature: float = 0.0  # 0: greedy
+    captions: bool = True  # generate a caption for each step (False: actions and visual states only)
+
+
+@dataclass
+class DirectorConfig:
+    """Everything that makes a director run or plan (saved as config.yaml in every output folder)."""
+
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    vision: VisionConfig = field(default_factory=VisionConfig)  # the visual space when the data has none
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    dataset: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    plan: PlanConfig = field(default_factory=PlanConfig)
+    checkpoint: str | None = None  # a trained director (folder with director.json); none: untrained (tiny tests)
+    data: list[str] = field(default_factory=list)  # CookGen build folders to train on
+    out: str = ""  # run folder for `director train`
+    resume: Literal["auto", "never"] = "auto"
+    seed: int = 0
+    precision: Literal["fp32", "bf16"] = "fp32"

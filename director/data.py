@@ -1,0 +1,180 @@
+"""Training data for the director: CookGen splits -> token sequences with labels and visual targets.
+
+A CookGen split (``datasets.load_from_disk``; one row per step) becomes one :class:`Episode` per video: the
+query ``how to make <dish>`` and the ordered steps (action, caption, embedding or None). Training samples are
+windows of ``context_steps`` consecutive steps (a rolling context): the prompt, then the window's steps in
+the plan format of :mod:`director.model`, then ``Done.`` when the window reaches the recipe's end. A
+captions-only source (CookGen-style captions, one a line, e.g. ``captions.csv``) adds ``Caption: …`` lines
+that teach the caption style.
+
+Labels: cross-entropy on the step markers, actions, captions and ``Done.``; the prompt, the forced image
+block and its ``<|vis|>`` slots carry none. Each image block's target is the step's embedding.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from auteur.plan import VisualSpace
+from director.backbone import DirectorError
+
+PROMPT = "Recipe: {query}\n"
+
+
+@dataclass
+class Episode:
+    """One recipe: a query and its ordered steps ``(action, caption, embedding [D] or None)``."""
+
+    query: str
+    steps: list[tuple[str, str, torch.Tensor | None]]
+    source: str = ""
+
+
+def dish_query(dish: str) -> str:
+    return f"how to make {dish.strip()}"
+
+
+def read_manifest_space(folder: Path) -> VisualSpace | None:
+    """The visual space a CookGen build was embedded in (None for a text-only build)."""
+    manifest = folder / "cookgen.json"
+    if not manifest.is_file():
+        raise DirectorError(f"{folder} is not a CookGen build (cookgen.json not found)")
+    space = json.loads(manifest.read_text()).get("embedding_space")
+    return VisualSpace(space["name"], int(space["dim"])) if space else None
+
+
+def load_episodes(folder: str | Path, split: str, space: VisualSpace | None) -> list[Episode]:
+    """Episodes of one split of a CookGen build; embeddings must be in ``space`` (checked), else dropped
+    when the build is text-only. A missing split gives an empty list."""
+    from datasets import load_from_disk
+
+    folder = Path(folder)
+    got = read_manifest_space(folder)
+    if got is not None and space is not None:
+        space.check_same(got, what=f"embeddings of {folder}")
+    if not (folder / split).is_dir():
+        return []
+    ds = load_from_disk(str(folder / split))
+    cols = ["video_id", "dish", "step_index", "action", "caption"]
+    has_emb = "embedding" in ds.column_names and got is not None
+    data = ds.select_columns(cols + (["embedding"] if has_emb else [])).to_dict()
+    by_video: dict[str, list[int]] = {}
+    for i, vid in enumerate(data["video_id"]):
+        by_video.setdefault(vid, []).append(i)
+    episodes = []
+    for vid, rows in by_video.items():
+        rows.sort(key=lambda i: data["step_index"][i])
+        dish = data["dish"][rows[0]] or vid
+        steps = []
+        for i in rows:
+            emb = torch.tensor(data["embedding"][i], dtype=torch.float32) if has_emb else None
+            steps.append((data["action"][i], data["caption"][i], emb))
+        episodes.append(Episode(dish_query(dish), steps, source=f"{folder.name}/{vid}"))
+    return episodes
+
+
+def load_caption_lines(path: str | Path) -> list[str]:
+    """CookGen-style captions from a CSV with a ``text`` column (e.g. videoauteur_demos/captions.csv)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DirectorError(f"captions file not found: {path}")
+    with path.open(newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        if "text" not in (reader.fieldnames or []):
+            raise DirectorError(f"captions file {path} has no 'text' column")
+        return [r["text"].strip() for r in reader if r["text"] and r["text"].strip()]
+
+
+class SequenceBuilder:
+    """Turns episodes into token ids, labels and visual targets, in the director's plan format."""
+
+    def __init__(self, tokenizer, image_block: list[int], order: str = "action_caption", max_tokens: int = 1024):
+        self.tok, self.block, self.order, self.max_tokens = tokenizer, image_block, order, max_tokens
+        self._cache: dict[str, list[int]] = {}
+
+    def ids(self, text: str) -> list[int]:
+        if text not in self._cache:
+            self._cache[text] = self.tok(text, add_special_tokens=False)["input_ids"]
+        return self._cache[text]
+
+    def step_pieces(self, k: int, action: str, caption: str) -> list[tuple[list[int], bool]]:
+        """The text pieces of step ``k`` as (ids, trained?) — the same pieces the planner feeds or samples."""
+        pieces = [(self.ids(f"Step {k}."), True)]
+        if self.order in ("action_caption", "action"):
+            pieces += [(self.ids(" " + action.strip()), True), (self.ids("\n"), True)]
+        if self.order in ("action_caption", "caption") and caption.strip():
+            pieces += [(self.ids("Caption:"), True), (self.ids(" " + caption.strip()), True), (self.ids("\n"), True)]
+        return pieces
+
+    def episode_window(self, ep: Episode, start: int, length: int) -> dict[str, object]:
+        """Ids, labels and targets for steps ``start .. start+length-1`` of ``ep`` (0-based)."""
+        ids: list[int] = list(self.ids(PROMPT.format(query=ep.query)))
+        labels: list[int] = [-100] * len(ids)
+        targets = []
+        end = min(len(ep.steps), start + length)
+        for k in range(start, end):
+            action, caption, emb = ep.steps[k]
+            for piece, trained in self.step_pieces(k + 1, action, caption):
+                ids += piece
+                labels += piece if trained else [-100] * len(piece)
+            if emb is not None:
+                ids += self.block + self.ids("\n")
+                labels += [-100] * (len(self.block) + len(self.ids("\n")))
+                targets.append(emb)
+        if end == len(ep.steps):
+            done = self.ids("Done.") + self.ids("\n")
+            ids += done
+            labels += done
+        if len(ids) > self.max_tokens:
+            raise DirectorError(
+                f"a training window of {ep.source} has {len(ids)} tokens, over data.max_tokens={self.max_tokens}; "
+                "lower data.context_steps or raise data.max_tokens"
+            )
+        return {"input_ids": ids, "labels": labels, "targets": targets}
+
+    def caption_line(self, caption: str) -> dict[str, object]:
+        ids = self.ids("Caption:") + self.ids(" " + caption) + self.ids("\n")
+        return {"input_ids": ids, "labels": list(ids), "targets": []}
+
+
+def windows(episodes: list[Episode], context_steps: int, stride: int) -> list[tuple[int, int]]:
+    """(episode index, first step) of every training window: strided starts, the last window ends at the end."""
+    out = []
+    for e, ep in enumerate(episodes):
+        n = len(ep.steps)
+        starts = list(range(0, max(1, n - context_steps + 1), max(1, stride)))
+        if n > context_steps and starts[-1] != n - context_steps:
+            starts.append(n - context_steps)
+        out += [(e, s) for s in starts]
+    return out
+
+
+def collate(samples: list[dict[str, object]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad a list of samples into a batch; targets concatenated in row-major order."""
+    width = max(len(s["input_ids"]) for s in samples)
+    ids = torch.full((len(samples), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(samples), width), -100, dtype=torch.long)
+    mask = torch.zeros((len(samples), width), dtype=torch.long)
+    targets = []
+    for i, s in enumerate(samples):
+        n = len(s["input_ids"])
+        ids[i, :n] = torch.tensor(s["input_ids"])
+        labels[i, :n] = torch.tensor(s["labels"])
+        mask[i, :n] = 1
+        targets += s["targets"]
+    dim = targets[0].shape[0] if targets else 0
+    tgt = torch.stack(targets) if targets else torch.zeros(0, dim)
+    return {"input_ids": ids, "labels": labels, "attention_mask": mask, "targets": tgt}
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    """The sample order of an epoch: a permutation fixed by (seed, epoch), so a resumed run replays it."""
+    order = list(range(n))
+    random.Random(seed * 1_000_003 + epoch).shuffle(order)
+    return order

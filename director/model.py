@@ -1,0 +1,288 @@
+"""The director: an interleaved auto-regressive planner (VideoAuteur §4.1), in one file.
+
+At step t the director emits an action a_t, then a caption c_t, then a visual state z_t, each conditioned on
+all earlier (a, c, z). It is a Hugging Face causal LM (any ``AutoModelForCausalLM``) with
+
+- **LoRA** adapters (``peft``) on the attention projections;
+- **learnable query tokens** (as in SEED-X): an image block ``<|img|> <|q0|> … <|q{N-1}|> <|/img|>`` whose
+  tokens are added to the tokenizer but whose input embeddings are this module's own parameters
+  (``image_embeds``); at planning time the block is fed directly after each caption (forced, never sampled);
+- a **regression head** mapping the N query hidden states to z_t in the configured visual space
+  (``mlp``: a per-query MLP averaged over queries; ``resampler``: one learned latent attending over them);
+- a **visual input projector** mapping an embedding back into the LM's input space: the ``<|vis|>`` slots
+  after each image block carry proj(z_t), so later steps condition on earlier visual states (and an optional
+  initial image, the paper's "initial image-text pair", enters the same way after the prompt).
+
+The text of a plan, one step (``order`` picks the paper's Table 6 variants)::
+
+    Recipe: how to cook a tuna sandwich
+    Step 1. Drain the tuna and put it in a bowl.
+    Caption: A close-up shot of ...
+    <|img|><|q0|>…<|q3|><|/img|><|vis|>
+    Step 2. …
+    Done.
+
+Loss: ``text_weight · CE(action and caption tokens) + α·(1 − cos(z_pred, z)) + β·MSE(z_pred, z)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+IMG_BEGIN = "<|img|>"
+IMG_END = "<|/img|>"
+VIS = "<|vis|>"
+
+
+def query_token(i: int) -> str:
+    return f"<|q{i}|>"
+
+
+@dataclass
+class LoraSettings:
+    """LoRA on the LM (peft). ``target_modules`` are module names of the backbone (Llama-style by default)."""
+
+    enabled: bool = True
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+
+
+@dataclass
+class ModelConfig:
+    """The director's own parts on top of the LM."""
+
+    num_queries: int = 4
+    head: Literal["mlp", "resampler"] = "mlp"
+    head_hidden: int = 512
+    vis_tokens: int = 1  # input tokens one embedding becomes through the projector
+    order: Literal["action_caption", "action", "caption"] = "action_caption"  # text before each visual state
+    lora: LoraSettings = field(default_factory=LoraSettings)
+
+
+@dataclass
+class LossConfig:
+    """``text_weight · CE + cos_weight · (1 − cos) + mse_weight · MSE`` (α = cos_weight, β = mse_weight)."""
+
+    cos_weight: float = 1.0
+    mse_weight: float = 1.0
+    text_weight: float = 1.0
+
+
+class RegressionHead(nn.Module):
+    """[S, N, H] query hidden states -> [S, D] visual states."""
+
+    def __init__(self, kind: str, hidden: int, inner: int, out_dim: int, num_queries: int) -> None:
+        super().__init__()
+        self.kind = kind
+        if kind == "mlp":
+            self.net = nn.Sequential(
+                nn.LayerNorm(hidden), nn.Linear(hidden, inner), nn.GELU(), nn.Linear(inner, out_dim)
+            )
+        elif kind == "resampler":
+            heads = max(1, min(8, hidden // 64))
+            while hidden % heads:
+                heads -= 1
+            self.latent = nn.Parameter(torch.randn(1, 1, hidden) * 0.02)
+            self.norm = nn.LayerNorm(hidden)
+            self.attn = nn.MultiheadAttention(hidden, heads, batch_first=True)
+            self.out = nn.Sequential(
+                nn.LayerNorm(hidden), nn.Linear(hidden, inner), nn.GELU(), nn.Linear(inner, out_dim)
+            )
+        else:
+            raise ValueError(f"unknown head {kind!r}")
+
+    def forward(self, q: torch.Tensor) -> torch.Tensor:
+        if self.kind == "mlp":
+            return self.net(q).mean(dim=1)
+        kv = self.norm(q)
+        pooled, _ = self.attn(self.latent.expand(q.shape[0], -1, -1), kv, kv, need_weights=False)
+        return self.out(pooled[:, 0])
+
+
+class VisualProjector(nn.Module):
+    """[S, D] embeddings -> [S, K, H] LM input tokens."""
+
+    def __init__(self, in_dim: int, hidden: int, tokens: int) -> None:
+        super().__init__()
+        self.tokens, self.hidden = tokens, hidden
+        self.net = nn.Sequential(nn.LayerNorm(in_dim), nn.Linear(in_dim, hidden * tokens))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z).view(z.shape[0], self.tokens, self.hidden)
+
+
+def add_director_tokens(tokenizer, num_queries: int) -> None:
+    """Add the image-block tokens to ``tokenizer`` (idempotent)."""
+    wanted = [IMG_BEGIN, IMG_END, VIS] + [query_token(i) for i in range(num_queries)]
+    missing = [t for t in wanted if tokenizer.convert_tokens_to_ids(t) in (None, tokenizer.unk_token_id)]
+    if missing:
+        tokenizer.add_special_tokens({"additional_special_tokens": missing}, replace_extra_special_tokens=False)
+
+
+class Director(nn.Module):
+    """LM + LoRA + query tokens + regression head + visual projector (see the module docstring).
+
+    ``lm`` is a causal LM, ``tokenizer`` its tokenizer (the image-block tokens are added to it), ``vis_dim``
+    the dimension of the visual space the head regresses onto.
+    """
+
+    def __init__(self, lm: nn.Module, tokenizer, cfg: ModelConfig, vis_dim: int) -> None:
+        super().__init__()
+        self.cfg, self.vis_dim, self.tokenizer = cfg, vis_dim, tokenizer
+        add_director_tokens(tokenizer, cfg.num_queries)
+        if lm.get_input_embeddings().weight.shape[0] < len(tokenizer):
+            lm.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+        for p in lm.parameters():
+            p.requires_grad_(False)
+        if cfg.lora.enabled:
+            from peft import LoraConfig, get_peft_model
+
+            lora = LoraConfig(
+                r=cfg.lora.r,
+                lora_alpha=cfg.lora.alpha,
+                lora_dropout=cfg.lora.dropout,
+                target_modules=list(cfg.lora.target_modules),
+                bias="none",
+                task_type="CAUSAL_LM",
+            )
+            lm = get_peft_model(lm, lora)
+        self.lm = lm
+        hidden = self.embedding_layer().weight.shape[1]
+        self.hidden = hidden
+        ids = tokenizer.convert_tokens_to_ids
+        self.img_begin_id, self.img_end_id, self.vis_id = ids(IMG_BEGIN), ids(IMG_END), ids(VIS)
+        self.query_ids = [ids(query_token(i)) for i in range(cfg.num_queries)]
+        block = [self.img_begin_id, self.img_end_id, *self.query_ids]
+        # trainable input embeddings of the image-block tokens, initialised at the mean word embedding
+        base = self.embedding_layer().weight.detach()
+        init = base[: min(len(base), 32000)].mean(0, keepdim=True).repeat(len(block), 1)
+        self.image_embeds = nn.Parameter(init + 0.02 * torch.randn_like(init))
+        lookup = torch.full((len(tokenizer),), -1, dtype=torch.long)
+        lookup[torch.tensor(block)] = torch.arange(len(block))
+        self.register_buffer("_block_index", lookup, persistent=False)
+        self.head = RegressionHead(cfg.head, hidden, cfg.head_hidden, vis_dim, cfg.num_queries)
+        self.projector = VisualProjector(vis_dim, hidden, cfg.vis_tokens)
+
+    # -- pieces ------------------------------------------------------------------------------------------
+
+    def embedding_layer(self) -> nn.Embedding:
+        return self.lm.get_input_embeddings()
+
+    def image_block_ids(self) -> list[int]:
+        """``<|img|> q0 … q{N-1} <|/img|>`` followed by the ``vis_tokens`` slots of ``<|vis|>``."""
+        return [self.img_begin_id, *self.query_ids, self.img_end_id] + [self.vis_id] * self.cfg.vis_tokens
+
+    def embed(self, ids: torch.Tensor, vis: torch.Tensor | None = None) -> torch.Tensor:
+        """Input embeddings [B, L, H] for token ids [B, L]; ``vis`` [M, D] fills the ``<|vis|>`` slots in
+        row-major order (``vis_tokens`` slots per embedding)."""
+        emb = self.embedding_layer()(ids)
+        idx = self._block_index[ids]
+        mask = idx >= 0
+        if mask.any():
+            emb = emb.masked_scatter(mask.unsqueeze(-1), self.image_embeds[idx[mask]].to(emb.dtype))
+        vis_mask = ids == self.vis_id
+        n_slots = int(vis_mask.sum())
+        if n_slots:
+            if vis is None or vis.shape[0] * self.cfg.vis_tokens != n_slots:
+                got = 0 if vis is None else vis.shape[0]
+                raise ValueError(
+                    f"{n_slots} <|vis|> slots need {n_slots // self.cfg.vis_tokens} embeddings, got {got}"
+                )
+            tokens = self.projector(vis.to(emb.dtype)).reshape(-1, self.hidden)
+            emb = emb.masked_scatter(vis_mask.unsqueeze(-1), tokens)
+        return emb
+
+    def run(
+        self,
+        ids: torch.Tensor,
+        vis: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        past_key_values: Any = None,
+        hidden: bool = False,
+    ):
+        """One LM pass over ``ids`` [B, L] (continuing ``past_key_values`` if given); returns the HF output."""
+        return self.lm(
+            inputs_embeds=self.embed(ids, vis),
+            attention_mask=attention_mask,
+            past_key_values=past_key_values,
+            use_cache=past_key_values is not None,
+            output_hidden_states=hidden,
+            return_dict=True,
+        )
+
+    def predict_visual(self, last_hidden: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """z predictions [S, D] from the last-layer hidden states [B, L, H] at the query positions of ``ids``."""
+        q_mask = torch.isin(ids, torch.tensor(self.query_ids, device=ids.device))
+        q = last_hidden[q_mask].view(-1, self.cfg.num_queries, self.hidden)
+        return self.head(q.float())
+
+    # -- training ------------------------------------------------------------------------------------------
+
+    def loss(self, batch: dict[str, torch.Tensor], cfg: LossConfig) -> dict[str, torch.Tensor]:
+        """Loss on a collated batch (``input_ids``, ``attention_mask``, ``labels``, ``targets`` [S, D]).
+
+        Teacher forcing: the ground-truth z of each step fills its ``<|vis|>`` slots, and the query states of
+        its image block are regressed onto it. Returns the total and its parts (plus L2 and cosine metrics).
+        """
+        ids, targets = batch["input_ids"], batch["targets"]
+        out = self.run(ids, targets if targets.numel() else None, batch["attention_mask"], hidden=True)
+        logits = out.logits[:, :-1].float()
+        labels = batch["labels"][:, 1:]
+        n_text = (labels != -100).sum()
+        text = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
+        if n_text == 0:
+            text = logits.sum() * 0.0
+        parts = {"text_loss": text}
+        total = cfg.text_weight * text
+        if targets.numel():
+            pred = self.predict_visual(out.hidden_states[-1], ids)
+            tgt = targets.float()
+            cos = F.cosine_similarity(pred, tgt, dim=-1)
+            mse = F.mse_loss(pred, tgt)
+            total = total + cfg.cos_weight * (1 - cos).mean() + cfg.mse_weight * mse
+            parts.update(cos=cos.mean().detach(), mse=mse.detach(), l2=(pred - tgt).norm(dim=-1).mean().detach())
+        parts["loss"] = total
+        return parts
+
+    # -- what a checkpoint holds ---------------------------------------------------------------------------
+
+    def extra_state(self) -> dict[str, torch.Tensor]:
+        """The director's own trainable tensors (query/image embeddings, head, projector)."""
+        out = {"image_embeds": self.image_embeds.detach()}
+        out.update({f"head.{k}": v for k, v in self.head.state_dict().items()})
+        out.update({f"projector.{k}": v for k, v in self.projector.state_dict().items()})
+        return out
+
+    def load_extra_state(self, tensors: dict[str, torch.Tensor]) -> None:
+        with torch.no_grad():
+            self.image_embeds.copy_(tensors["image_embeds"])
+        self.head.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("head.")})
+        self.projector.load_state_dict({k[10:]: v for k, v in tensors.items() if k.startswith("projector.")})
+
+    def adapter_state(self) -> dict[str, torch.Tensor]:
+        """The LoRA weights (peft's state-dict layout), empty without LoRA."""
+        if not self.cfg.lora.enabled:
+            return {}
+        from peft import get_peft_model_state_dict
+
+        return {k: v.detach() for k, v in get_peft_model_state_dict(self.lm).items()}
+
+    def load_adapter_state(self, tensors: dict[str, torch.Tensor]) -> None:
+        if not self.cfg.lora.enabled:
+            return
+        from peft import set_peft_model_state_dict
+
+        result = set_peft_model_state_dict(self.lm, tensors)
+        unexpected = getattr(result, "unexpected_keys", [])
+        if unexpected:
+            raise ValueError(f"adapter has {len(unexpected)} unexpected tensors, e.g. {unexpected[0]}")
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]

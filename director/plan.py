@@ -1,0 +1,184 @@
+"""``director plan``: a narrative plan for a query, one step at a time, with the KV cache kept throughout.
+
+For each step the planner (1) decides whether the recipe goes on (``Step`` against ``Done`` at the step
+boundary) unless the number of steps is fixed, (2) feeds ``Step t.`` and samples the action up to a newline,
+(3) feeds ``Caption:`` and samples the caption, (4) feeds the image block, whose query states give z_t
+through the regression head, and (5) feeds proj(z_t) into the ``<|vis|>`` slots, so every later step
+conditions on it. Everything fed or sampled is appended to one KV cache: the history is never re-encoded
+(``use_cache=False`` re-encodes it at every token instead, the baseline of ``benchmarks/plan_bench.py``).
+
+Continuation (editable plans): the kept steps of an existing plan (text and embeddings, possibly edited by
+hand) are fed as they are, and generation goes on from the next step.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from director.backbone import DirectorError
+from director.config import PlanConfig
+from director.data import PROMPT
+from director.model import Director
+
+
+@dataclass
+class PlannedStep:
+    action: str
+    caption: str
+    embedding: torch.Tensor  # [D]
+    kept: bool = False  # True for steps carried over from an earlier plan
+
+
+@dataclass
+class PlanResult:
+    steps: list[PlannedStep]
+    ended_by_model: bool  # the model chose Done (rather than hitting --steps or plan.max_steps)
+    stats: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def embeddings(self) -> torch.Tensor:
+        return torch.stack([s.embedding for s in self.steps]) if self.steps else torch.zeros(0)
+
+
+class _Feeder:
+    """Feeds token ids (and visual states) to the director, with one growing KV cache or none."""
+
+    def __init__(self, director: Director, use_cache: bool) -> None:
+        from transformers import DynamicCache
+
+        self.d, self.use_cache = director, use_cache
+        self.cache = DynamicCache() if use_cache else None
+        self.ids: list[int] = []
+        self.vis: list[torch.Tensor] = []
+        self.n_forward_tokens = 0
+
+    @torch.inference_mode()
+    def feed(self, ids: list[int], vis: torch.Tensor | None = None, want_hidden: bool = False):
+        """Append ``ids`` (``vis`` [M, D] fills their <|vis|> slots); returns (last logits [V], last hidden [L, H])."""
+        self.ids += ids
+        if vis is not None:
+            self.vis += list(vis)
+        if self.use_cache:
+            x = torch.tensor([ids])
+            v = vis
+        else:  # re-encode everything so far (the baseline)
+            x = torch.tensor([self.ids])
+            v = torch.stack(self.vis) if self.vis else None
+        self.n_forward_tokens += x.shape[1]
+        out = self.d.run(x, v, past_key_values=self.cache, hidden=want_hidden)
+        if self.use_cache:
+            self.cache = out.past_key_values
+        hidden = out.hidden_states[-1][0, -len(ids) :] if want_hidden else None
+        return out.logits[0, -1].float(), hidden
+
+
+class Planner:
+    """Plans with a director; one instance serves many queries."""
+
+    def __init__(self, director: Director, cfg: PlanConfig) -> None:
+        self.d, self.cfg = director, cfg
+        tok = director.tokenizer
+        self.tok = tok
+        self.newline = self._ids("\n")
+        self.step_tok = self._ids("Step")[0]
+        self.done_tok = self._ids("Done")[0]
+        if self.step_tok == self.done_tok:
+            raise DirectorError("the tokenizer cannot tell 'Step' from 'Done'")
+        banned = set(director.image_block_ids()) | {director.vis_id}
+        self.banned = torch.tensor(sorted(banned))
+        self.stop_ids = {i for i in (tok.eos_token_id, tok.pad_token_id) if i is not None}
+
+    def _ids(self, text: str) -> list[int]:
+        return self.tok(text, add_special_tokens=False)["input_ids"]
+
+    def _sample(self, logits: torch.Tensor, gen: torch.Generator) -> int:
+        logits = logits.clone()
+        logits[self.banned] = float("-inf")
+        if self.cfg.temperature <= 0:
+            return int(logits.argmax())
+        probs = torch.softmax(logits / self.cfg.temperature, dim=-1)
+        return int(torch.multinomial(probs, 1, generator=gen))
+
+    def _text(self, f: _Feeder, logits: torch.Tensor, limit: int, gen: torch.Generator, stats: dict) -> str:
+        """Sample text up to a newline (or ``limit`` tokens), then feed the canonical newline."""
+        out: list[int] = []
+        while len(out) < limit:
+            t = self._sample(logits, gen)
+            if t in self.stop_ids or "\n" in self.tok.decode([t]):
+                break
+            out.append(t)
+            t0 = time.perf_counter()
+            logits, _ = f.feed([t])
+            stats["decode_seconds"] += time.perf_counter() - t0
+            stats["decode_tokens"] += 1
+        return self.tok.decode(out).strip()
+
+    def _visual(self, f: _Feeder, z: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Feed the image block; returns (predicted z [D], logits after the block). ``z`` overrides the input."""
+        block = [self.d.img_begin_id, *self.d.query_ids, self.d.img_end_id]
+        _, hidden = f.feed(block, want_hidden=True)
+        with torch.inference_mode():
+            pred = self.d.head(hidden[1 : 1 + len(self.d.query_ids)].unsqueeze(0).float())[0]
+        z_in = pred if z is None else z
+        logits, _ = f.feed([self.d.vis_id] * self.d.cfg.vis_tokens + self.newline, vis=z_in.unsqueeze(0))
+        return pred, logits
+
+    def plan(
+        self,
+        query: str,
+        steps: int | None = None,
+        seed: int = 0,
+        keep: list[tuple[str, str, torch.Tensor]] | None = None,
+        use_cache: bool = True,
+    ) -> PlanResult:
+        """Plan ``query``; ``steps`` fixes the count (else the model ends it, within ``plan.max_steps``);
+        ``keep`` carries over the first steps of an earlier plan ((action, caption, z) each)."""
+        order = self.d.cfg.order
+        gen = torch.Generator().manual_seed(seed)
+        f = _Feeder(self.d, use_cache)
+        stats = {"decode_seconds": 0.0, "decode_tokens": 0, "prefill_seconds": 0.0}
+        t0 = time.perf_counter()
+        logits, _ = f.feed(self._ids(PROMPT.format(query=query)))
+        stats["prefill_seconds"] += time.perf_counter() - t0
+        result: list[PlannedStep] = []
+        for action, caption, z in keep or []:
+            k = len(result) + 1
+            t0 = time.perf_counter()
+            f.feed(self._ids(f"Step {k}."))
+            if order in ("action_caption", "action"):
+                f.feed(self._ids(" " + action.strip()) + self.newline)
+            if order in ("action_caption", "caption") and self.cfg.captions and caption.strip():
+                f.feed(self._ids("Caption:") + self._ids(" " + caption.strip()) + self.newline)
+            _, logits = self._visual(f, z)
+            stats["prefill_seconds"] += time.perf_counter() - t0
+            result.append(PlannedStep(action, caption, z, kept=True))
+        ended = False
+        limit = steps if steps is not None else self.cfg.max_steps
+        while len(result) < limit:
+            k = len(result) + 1
+            if steps is None and k > 1:
+                pair = logits[[self.step_tok, self.done_tok]]
+                if self.cfg.temperature > 0:
+                    choice = int(torch.multinomial(torch.softmax(pair / self.cfg.temperature, -1), 1, generator=gen))
+                else:
+                    choice = int(pair.argmax())
+                if choice == 1:
+                    ended = True
+                    break
+            logits, _ = f.feed(self._ids(f"Step {k}."))
+            action = caption = ""
+            if order in ("action_caption", "action"):
+                action = self._text(f, logits, self.cfg.max_action_tokens, gen, stats)
+                logits, _ = f.feed(self.newline)
+            if order in ("action_caption", "caption") and self.cfg.captions:
+                logits, _ = f.feed(self._ids("Caption:"))
+                caption = self._text(f, logits, self.cfg.max_caption_tokens, gen, stats)
+                logits, _ = f.feed(self.newline)
+            z, logits = self._visual(f)
+            result.append(PlannedStep(action, caption, z))
+        stats["forward_tokens"] = f.n_forward_tokens
+        stats["context_tokens"] = len(f.ids)
+        return PlanResult(result, ended, stats)

@@ -1,0 +1,244 @@
+"""The director on a tiny backbone: model pieces, data, training and exact resume, planning, the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from auteur.config import load_config
+from auteur.plan import VisualSpace, load_plan
+from director.backbone import BackboneConfig, load_backbone
+from director.checkpoint import build_director
+from director.cli import main
+from director.config import PRESETS, DirectorConfig
+from director.data import SequenceBuilder, collate, load_episodes, windows
+from director.model import IMG_BEGIN, LossConfig, ModelConfig
+from director.plan import Planner
+from director.train import SimulatedKill, train, trained_tensors
+
+TINY_SPACE = VisualSpace("test/space", 32)
+
+
+def tiny_director(seed: int = 0, **model_kw):
+    cfg = load_config(DirectorConfig, "tiny", preset_dir=PRESETS)
+    for k, v in model_kw.items():
+        setattr(cfg.model, k, v)
+    director, backbone, _ = build_director(cfg.backbone, cfg.model, TINY_SPACE, seed=seed)
+    return director, backbone, cfg
+
+
+def test_only_the_director_parts_train() -> None:
+    director, backbone, cfg = tiny_director()
+    trainable = {n for n, p in director.named_parameters() if p.requires_grad}
+    assert trainable and all(
+        "lora_" in n or n.split(".")[0] in {"image_embeds", "head", "projector"} for n in trainable
+    )
+    assert any("lora_A" in n for n in trainable) and "image_embeds" in trainable
+    assert backbone.tokenizer.convert_tokens_to_ids(IMG_BEGIN) == director.img_begin_id
+    block = director.image_block_ids()
+    assert block[0] == director.img_begin_id and block[1 : 1 + cfg.model.num_queries] == director.query_ids
+
+
+def test_embed_places_queries_and_projected_states() -> None:
+    director, _, cfg = tiny_director()
+    text = director.tokenizer("Step 1. Stir", add_special_tokens=False)["input_ids"]
+    ids = torch.tensor([text + director.image_block_ids()])
+    z = torch.randn(1, 32)
+    emb = director.embed(ids, z)
+    n = len(text)
+    assert torch.equal(emb[0, :n], director.embedding_layer()(ids[:, :n])[0])  # text untouched
+    assert torch.equal(emb[0, n], director.image_embeds[0])  # <|img|>
+    assert torch.equal(emb[0, n + 1], director.image_embeds[2])  # <|q0|> (after <|img|>, <|/img|> in the table)
+    assert torch.allclose(emb[0, -1], director.projector(z)[0, 0])  # <|vis|> carries proj(z)
+    with pytest.raises(ValueError, match="slots"):
+        director.embed(ids, None)
+
+
+def test_sequences_label_text_but_not_the_prompt_or_image_block(tiny_cookgen) -> None:
+    director, backbone, cfg = tiny_director()
+    eps = load_episodes(tiny_cookgen[0], "train", None)
+    assert {e.query for e in eps} == {"how to make Tuna Sandwich", "how to make Fried Egg", "how to make Pancakes"}
+    ep = next(e for e in eps if e.query.endswith("Fried Egg"))
+    b = SequenceBuilder(backbone.tokenizer, director.image_block_ids(), "action_caption")
+    s = b.episode_window(ep, 0, 3)
+    ids, labels = s["input_ids"], s["labels"]
+    text = backbone.tokenizer.decode([i for i, lab in zip(ids, labels) if lab != -100])
+    assert "Recipe:" not in text and "Step 1. Heat oil in a pan." in text and text.rstrip().endswith("Done.")
+    assert "Caption: A close-up shot" in text
+    n_blocks = sum(i == director.img_begin_id for i in ids)
+    assert n_blocks == 3 == len(s["targets"])
+    assert all(lab == -100 for i, lab in zip(ids, labels) if i in director.image_block_ids())
+    assert windows(eps, 3, 1) == [(e, s) for e, ep in enumerate(eps) for s in range(len(ep.steps) - 2)]
+    assert windows(eps, 2, 2) == [
+        (e, s) for e, ep in enumerate(eps) for s in ([0, 1] if len(ep.steps) == 3 else [0, 2])
+    ]
+    part = b.episode_window(ep, 1, 1)  # a window in the middle: no Done
+    assert "Done" not in backbone.tokenizer.decode(part["input_ids"]) and "Step 2." in backbone.tokenizer.decode(
+        part["input_ids"]
+    )
+
+
+def test_loss_falls_when_overfitting_one_batch(tiny_cookgen) -> None:
+    director, backbone, cfg = tiny_director()
+    eps = load_episodes(tiny_cookgen[0], "train", None)
+    b = SequenceBuilder(backbone.tokenizer, director.image_block_ids(), "action_caption")
+    batch = collate([b.episode_window(eps[0], 0, 3), b.episode_window(eps[1], 0, 3)], backbone.tokenizer.pad_token_id)
+    director.train()
+    opt = torch.optim.AdamW(director.trainable_parameters(), lr=3e-3)
+    history = []
+    for _ in range(25):
+        parts = director.loss(batch, LossConfig())
+        opt.zero_grad()
+        parts["loss"].backward()
+        opt.step()
+        history.append({k: float(v) for k, v in parts.items()})
+    first, last = history[0], history[-1]
+    assert last["loss"] < first["loss"] - 1.0
+    assert last["cos"] > 0.8 > first["cos"] and last["mse"] < 0.5 * first["mse"]  # the head learns z
+    assert last["text_loss"] < first["text_loss"]  # and the LoRA'd LM the text
+
+
+def _train_cfg(data: list[Path], out: Path, **over) -> DirectorConfig:
+    overrides = [f"data={','.join(map(str, data))}", f"out={out}"] + [f"{k}={v}" for k, v in over.items()]
+    return load_config(DirectorConfig, "tiny", overrides, preset_dir=PRESETS)
+
+
+def test_train_writes_checkpoints_logs_and_resumes_bit_identically(tiny_cookgen, tmp_path: Path) -> None:
+    full = train(_train_cfg(tiny_cookgen, tmp_path / "a"), progress=False)
+    assert (full / "director.json").is_file() and (full / "adapter_model.safetensors").is_file()
+    meta = json.loads((full / "director.json").read_text())
+    assert meta["space"]["dim"] == 32 and meta["base_model_id"].startswith("tiny-llama-random")
+    assert {"text_loss", "cos", "l2"} <= set(meta["validation"])  # the val split was scored
+    rows = (tmp_path / "a" / "log.csv").read_text().splitlines()
+    assert rows[0].startswith("step,split,loss") and any(",val," in r for r in rows)
+    assert list((tmp_path / "a" / "tb").iterdir()) and (tmp_path / "a" / "config.yaml").is_file()
+
+    with pytest.raises(SimulatedKill):
+        train(_train_cfg(tiny_cookgen, tmp_path / "b"), stop_after=3, progress=False)
+    assert not (tmp_path / "b" / "final").exists()
+    resumed = train(_train_cfg(tiny_cookgen, tmp_path / "b"), progress=False)
+    a, b = trained_tensors(full), trained_tensors(resumed)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # bit-identical
+    # and a run that differs (another seed) does not match: the comparison can fail
+    other = train(_train_cfg(tiny_cookgen, tmp_path / "c", seed=1), progress=False)
+    c = trained_tensors(other)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_kv_cache_gives_the_same_plan_as_reencoding() -> None:
+    director, backbone, cfg = tiny_director()
+    planner = Planner(director, cfg.plan)
+    with_cache = planner.plan("how to make pancakes", steps=2, seed=0)
+    without = planner.plan("how to make pancakes", steps=2, seed=0, use_cache=False)
+    assert [(s.action, s.caption) for s in with_cache.steps] == [(s.action, s.caption) for s in without.steps]
+    torch.testing.assert_close(with_cache.embeddings, without.embeddings, rtol=1e-4, atol=1e-5)
+    assert with_cache.stats["forward_tokens"] == with_cache.stats["context_tokens"]  # each token encoded once
+    assert without.stats["forward_tokens"] > 3 * without.stats["context_tokens"]
+
+
+def test_plan_lengths_and_continuation() -> None:
+    director, backbone, cfg = tiny_director()
+    planner = Planner(director, cfg.plan)
+    free = planner.plan("how to make soup", seed=0)
+    assert 1 <= len(free.steps) <= cfg.plan.max_steps
+    three = planner.plan("how to make soup", steps=3, seed=0)
+    assert len(three.steps) == 3 and three.embeddings.shape == (3, 32)
+    keep = [("Boil water.", "A pot on the stove.", torch.ones(32)), ("Add noodles.", "", torch.zeros(32))]
+    cont = planner.plan("how to make soup", steps=4, seed=0, keep=keep)
+    assert [(s.action, s.caption, s.kept) for s in cont.steps[:2]] == [
+        ("Boil water.", "A pot on the stove.", True),
+        ("Add noodles.", "", True),
+    ]
+    assert torch.equal(cont.embeddings[0], torch.ones(32)) and len(cont.steps) == 4 and not cont.steps[2].kept
+
+
+def test_cli_plan_writes_a_valid_plan_folder(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "plan"
+    assert main(["plan", "how to cook a tuna sandwich", "--preset", "tiny", "--steps", "2", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "Plan: how to cook a tuna sandwich" in text and "\n1. " in text and "UNTRAINED" in text
+    plan = load_plan(out)
+    assert len(plan.steps) == 2 and plan.embeddings.shape == (2, 32)
+    assert plan.space.name.startswith("open_clip-random/") and plan.provenance["models"]["director_trained"] is False
+    assert (out / "config.yaml").is_file()
+    # continuation keeps the (hand-edited) first step
+    data = json.loads((out / "plan.json").read_text())
+    data["steps"][0]["action"] = "Open a can of tuna."
+    (out / "plan.json").write_text(json.dumps(data))
+    out2 = tmp_path / "plan2"
+    assert (
+        main(
+            [
+                "plan",
+                "--continue",
+                str(out),
+                "--from-step",
+                "1",
+                "--preset",
+                "tiny",
+                "--steps",
+                "3",
+                "--out",
+                str(out2),
+            ]
+        )
+        == 0
+    )
+    plan2 = load_plan(out2)
+    assert plan2.steps[0].action == "Open a can of tuna." and len(plan2.steps) == 3
+    assert torch.equal(plan2.embeddings[0], plan.embeddings[0])
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["plan", "   ", "--preset", "tiny"], "query is empty"),
+        (["plan", "soup", "--preset", "tiny", "--steps", "0"], "--steps must be at least 1"),
+        (["plan", "soup", "--preset", "galactic"], "unknown preset 'galactic'"),
+        (["plan", "soup", "--preset", "tiny", "--from-step", "1"], "--continue"),
+        (["plan", "soup", "--preset", "tiny", "plan.max_stepz=3"], "plan.max_stepz"),
+        (["plan", "soup " * 600, "--preset", "tiny"], "context"),
+        (["train", "--config", "tiny"], "no training data"),
+        (["train", "--config", "tiny", "data={missing}", "out={out}"], "not found"),
+    ],
+)
+def test_cli_bad_input_is_one_line_exit_2(tmp_path: Path, capsys, argv, needle) -> None:
+    out = tmp_path / "out"
+    argv = [a.format(missing=tmp_path / "nope", out=out) for a in argv] + (
+        ["--out", str(out)] if argv[0] == "plan" else []
+    )
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and needle in err, err
+    assert not out.exists()
+
+
+def test_incompatible_checkpoints_are_refused(tiny_cookgen, tmp_path: Path, capsys) -> None:
+    final = train(_train_cfg(tiny_cookgen, tmp_path / "run", **{"train.max_steps": 1}), progress=False)
+    meta_path = final / "director.json"
+    meta = json.loads(meta_path.read_text())
+    meta["base_model_id"] = "SomeOtherModel-7B"
+    meta_path.write_text(json.dumps(meta))
+    assert main(["plan", "soup", "--preset", str(final), "--out", str(tmp_path / "p")]) == 2
+    assert "trained on base model SomeOtherModel-7B" in capsys.readouterr().err
+    meta["base_model_id"] = load_backbone(BackboneConfig(kind="tiny")).model_id
+    meta["space"]["dim"] = 48  # claims another embedding dimension than its head has
+    meta_path.write_text(json.dumps(meta))
+    assert main(["plan", "soup", "--preset", str(final), "--out", str(tmp_path / "p")]) == 2
+    assert "does not fit" in capsys.readouterr().err
+    assert not (tmp_path / "p").exists()
+
+
+def test_every_preset_loads() -> None:
+    from auteur.config import list_presets
+
+    names = list_presets(PRESETS)
+    assert {"tiny", "default", "paper", "ablation-mse", "ablation-cos", "ablation-action-vis"} <= set(names)
+    for name in names:
+        cfg = load_config(DirectorConfig, name, preset_dir=PRESETS)
+        assert isinstance(cfg.model, ModelConfig)
+    assert load_config(DirectorConfig, "ablation-mse", preset_dir=PRESETS).loss.cos_weight == 0.0
+    assert load_config(DirectorConfig, "ablation-caption-vis", preset_dir=PRESETS).model.order == "caption"
