@@ -576,3 +576,57 @@ def format_table(results: dict[str, dict[str, float]]) -> str:
             f"| {name} | {m['rouge_l']:.4f} | {m['semantic_sim']:.4f} | {m['step_count_error']:.2f} | {int(m['n'])} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def run_eval(cfg: Any, args: Any) -> str:
+    """``director eval``: plan every evaluated video's query with the configured director (and, with
+    ``--baselines``, the zero-shot base model and retrieval), score against the ground truth, write
+    ``OUT/results.json`` and ``OUT/results.md``, and return the Markdown table.
+
+    Plans are greedy, so each distinct query (one per dish) is planned once; plans are cached in
+    ``OUT/plans.jsonl`` so an interrupted evaluation resumes where it stopped.
+    """
+    from auteur.io import atomic_write_json, atomic_write_text, ensure_writable_dir
+    from auteur.plan import VisualSpace
+    from director.backbone import load_backbone
+    from director.checkpoint import build_director
+    from director.plan import Planner
+
+    annotations = Path(args.annotations)
+    labels = args.labels or (annotations.parent / "label_foodtype.csv")
+    labels = labels if Path(labels).is_file() else None
+    videos = load_eval_videos(annotations, labels, args.split)
+    if args.limit is not None:
+        if args.limit < 1:
+            raise EvalError("--limit must be at least 1")
+        videos = videos[: args.limit]
+    out = ensure_writable_dir(args.out)
+    cfg.plan.captions = False  # actions are what is scored; captions would only cost time
+    cfg.plan.temperature = 0.0
+    if cfg.checkpoint is None:
+        raise EvalError("the preset has no trained director checkpoint to evaluate")
+    director, backbone, meta = build_director(cfg.backbone, cfg.model, VisualSpace("unset", 1), cfg.checkpoint)
+    planner = Planner(director, cfg.plan)
+    planners: dict[str, Callable[[str], list[str]]] = {
+        "director": lambda q: [s.action for s in planner.plan(q, seed=0).steps],
+    }
+    if args.baselines:
+        train_videos = load_eval_videos(annotations, labels, "training")
+        base = load_backbone(cfg.backbone)
+        planners["zero-shot base model"] = ZeroShotBaseline(base.model, base.tokenizer)
+        planners["retrieval (same-dish training video)"] = RetrievalBaseline(train_videos)
+    enc = SentenceEncoder()
+    results = evaluate(planners, videos, enc, cache_path=out / "plans.jsonl", dedupe_queries=True)
+    table = format_table(results)
+    atomic_write_json(
+        out / "results.json",
+        {
+            "split": args.split,
+            "videos": len(videos),
+            "results": results,
+            "checkpoint": str(cfg.checkpoint),
+            "base_model": backbone.model_id,
+        },
+    )
+    atomic_write_text(out / "results.md", table + "\n")
+    return table
