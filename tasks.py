@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The project's two entry points, runnable with nothing but Python >= 3.11.
 
-    python3 tasks.py run     # set up .venv (idempotent) and run the main job
+    python3 tasks.py run     # set up .venv (idempotent) and run the main job (director plan)
     python3 tasks.py test    # set up .venv (idempotent) and run the test suite
 
 Setup creates a virtual environment in ``.venv`` beside this file, installs torch and torchvision at the
@@ -25,7 +25,6 @@ ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
 STAMP = VENV / ".videoauteur-setup"
 TORCH_PINS = ["torch==2.14.1", "torchvision==0.29.1"]
-SHARED = ROOT.parent / "shared" / "data"
 
 
 def _python() -> Path:
@@ -66,24 +65,14 @@ def setup() -> None:
 
 
 def run_main(args: list[str]) -> int:
-    """The main job: build CookGen text records from the YouCook2 annotations and print their statistics."""
-    ann = SHARED / "youcook2" / "youcookii_annotations_trainval.json"
-    if args:
-        ann = Path(args[0])
-    if not ann.exists():
-        print(
-            f"error: YouCook2 annotations not found at {ann}; pass a path: python3 tasks.py run PATH", file=sys.stderr
-        )
-        return 2
-    out = ROOT / "runs" / "cookgen-youcook2"
-    labels = ann.parent / "label_foodtype.csv"
-    cmd = [str(_bin("cookgen")), "build", "youcook2", "--annotations", str(ann), "--out", str(out)]
-    if labels.exists():
-        cmd += ["--labels", str(labels)]
-    rc = subprocess.call(cmd)
-    if rc:
-        return rc
-    return subprocess.call([str(_bin("cookgen")), "stats", str(out)])
+    """The main job: ``director plan "how to cook a tuna sandwich"`` on the default preset (or the query given).
+
+    The first run converts the GGUF of SmolLM2-135M-Instruct into a local cache (~20-35 s); later runs load it
+    in about a second. The plan folder lands in ``runs/plans/<query>/``; any extra arguments after the query go
+    to ``director plan`` (e.g. ``--steps 6 --json``).
+    """
+    query = args[0] if args else "how to cook a tuna sandwich"
+    return subprocess.call([str(_bin("director")), "plan", query, *args[1:]], cwd=ROOT)
 
 
 def run_tests(args: list[str]) -> int:

@@ -1,10 +1,14 @@
 """``auteur``: the shared tools of the pipeline.
 
-    auteur show PLAN_DIR [--json]              # validate a plan folder and print it readably
-    auteur embed IMAGE [IMAGE ...] --out FILE  # embed images into a visual space (safetensors + its space)
-                [--backend efficientnet_lite0|open_clip|open_clip_json] [--model-name N] [--checkpoint P]
+auteur show PLAN_DIR [--json]              # validate a plan folder and print it readably
+auteur embed IMAGE [IMAGE ...] --out FILE  # embed images into a visual space (safetensors + its space)
+            [--backend efficientnet_lite0|open_clip|open_clip_json] [--model-name N] [--checkpoint P]
 
-``auteur run`` (the whole pipeline) and ``auteur compare`` (comparison experiments) arrive with their stages.
+auteur compare --prompts FILE --systems NAME=CMD,... --out DIR   # comparison experiments (auteur.compare)
+auteur export vistorybench RUN_DIR --out DIR                   # keyframes in ViStoryBench's layout
+
+auteur run "QUERY" --out DIR [--preset default|tiny] [--{director,renderer,videogen}-preset P] [--seed S]
+                                           # the whole pipeline, resumable (auteur.run)
 """
 
 from __future__ import annotations
@@ -32,6 +36,12 @@ def _parser() -> ArgumentParser:
     e.add_argument("--model-name", default="")
     e.add_argument("--checkpoint")
     e.add_argument("--model-json")
+    from auteur import compare_cli
+
+    compare_cli.add_parsers(sub)
+    from auteur import run as run_mod
+
+    run_mod.add_parser(sub)
     return p
 
 
@@ -97,6 +107,14 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> int:
         args = _parser().parse_args(argv)
         setup_logging()
+        if args.command in ("compare", "export"):
+            from auteur import compare_cli
+
+            return compare_cli.run(args)
+        if args.command == "run":
+            from auteur.run import main_run
+
+            return main_run(args)
         return _show(args) if args.command == "show" else _embed(args)
 
     return run_cli(body)

@@ -41,7 +41,7 @@ def save_checkpoint(
     folder = Path(folder)
     with atomic_dir(folder) as tmp:
         if director.cfg.lora.enabled:
-            director.lm.save_pretrained(str(tmp))
+            director.lm.save_pretrained(str(tmp), save_embedding_layers=False)
             (tmp / "README.md").unlink(missing_ok=True)
         save_file({k: v.contiguous().cpu() for k, v in director.extra_state().items()}, str(tmp / EXTRA))
         info = {

@@ -6,6 +6,7 @@
     director train --config tiny|default|paper|PATH data=COOKGEN_DIR[,DIR] out=RUN_DIR [key=value ...]
     director eval --preset P --annotations youcookii_annotations_trainval.json [--labels CSV] [--split validation]
                   [--limit N] [--baselines] [--out DIR]
+    director validate --preset P data=COOKGEN_DIR [--split val]   # text loss, embedding L2 / cosine (Tables 5-6)
     director presets
 
 ``--preset`` takes a preset name, a preset YAML, or a trained checkpoint folder (``RUN/final``).
@@ -84,6 +85,11 @@ def _parser() -> ArgumentParser:
     ev.add_argument("--baselines", action="store_true", help="also score the zero-shot and retrieval baselines")
     ev.add_argument("--out", type=Path, default=Path("runs/director-eval"))
     ev.add_argument("overrides", nargs="*", metavar="key=value")
+
+    va = sub.add_parser("validate", help="text loss, embedding L2 and cosine of a trained director on a split")
+    va.add_argument("--preset", default="default")
+    va.add_argument("--split", help="the split to score (default: dataset.val_split)")
+    va.add_argument("overrides", nargs="*", metavar="key=value", help="data=COOKGEN_DIR[,DIR] ...")
 
     sub.add_parser("presets", help="list the presets")
     return p
@@ -219,6 +225,15 @@ def _eval(args) -> int:
     return 0
 
 
+def _validate(args) -> int:
+    from director.train import validate_checkpoint
+
+    cfg = resolve_config(args.preset, args.overrides)
+    metrics = validate_checkpoint(cfg, args.split)
+    print(json.dumps({k: round(v, 5) for k, v in metrics.items()}, indent=2))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     def body() -> int:
         args = _parser().parse_args(argv)
@@ -230,6 +245,8 @@ def main(argv: list[str] | None = None) -> int:
             return _train(args)
         if args.command == "eval":
             return _eval(args)
+        if args.command == "validate":
+            return _validate(args)
         print("\n".join(list_presets(PRESETS)))
         return 0
 

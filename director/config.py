@@ -24,7 +24,8 @@ class DataConfig:
     stride: int = 2
     max_tokens: int = 1024
     max_val_samples: int = 64
-    caption_lines_per_epoch: int = 0  # how many captions.csv lines join each epoch (0: none)
+    caption_lines: int = 0  # how many captions.csv lines join the training samples (0: none)
+    visual_repeat: int = 1  # repeat the windows that carry visual states (few next to text-only recipes)
 
 
 @dataclass
@@ -48,6 +49,14 @@ class PlanConfig:
     max_action_tokens: int = 40
     max_caption_tokens: int = 96
     temperature: float = 0.0  # 0: greedy
+    # CTRL-style penalty (transformers' RepetitionPenaltyLogitsProcessor) on the tokens of the earlier actions
+    # (when sampling an action) or earlier captions (when sampling a caption); 1.0: off
+    repetition_penalty: float = 1.0
+    # the model ends the plan when P(Done) / (P(Done) + P(Step)) at a step boundary reaches this (0.5: the likelier
+    # of the two); greedy only, sampling draws between the two
+    end_threshold: float = 0.5
+    # the same for plans with captions (the context then holds captions, which few training recipes had)
+    end_threshold_captions: float = 0.5
     captions: bool = True  # generate a caption for each step (False: actions and visual states only)
 
 

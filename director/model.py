@@ -137,8 +137,15 @@ class Director(nn.Module):
         super().__init__()
         self.cfg, self.vis_dim, self.tokenizer = cfg, vis_dim, tokenizer
         add_director_tokens(tokenizer, cfg.num_queries)
-        if lm.get_input_embeddings().weight.shape[0] < len(tokenizer):
+        old_rows = lm.get_input_embeddings().weight.shape[0]
+        if old_rows < len(tokenizer):
+            # the new rows are never looked up (image_embeds replace them) nor sampled (banned when planning);
+            # set them to the mean row so they are the same in every process and need not be saved
             lm.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+            with torch.no_grad():
+                for layer in (lm.get_input_embeddings(), lm.get_output_embeddings()):
+                    if layer is not None and layer.weight.shape[0] >= len(tokenizer):
+                        layer.weight[old_rows:] = layer.weight[:old_rows].mean(0)
         for p in lm.parameters():
             p.requires_grad_(False)
         if cfg.lora.enabled:

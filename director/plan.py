@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass, field
 
 import torch
+from transformers import RepetitionPenaltyLogitsProcessor
 
 from director.backbone import DirectorError
 from director.config import PlanConfig
@@ -90,23 +91,35 @@ class Planner:
         banned = set(director.image_block_ids()) | {director.vis_id}
         self.banned = torch.tensor(sorted(banned))
         self.stop_ids = {i for i in (tok.eos_token_id, tok.pad_token_id) if i is not None}
+        self.penalty = RepetitionPenaltyLogitsProcessor(max(cfg.repetition_penalty, 1e-6))
+
+    def _end_threshold(self) -> float:
+        captioned = self.cfg.captions and self.d.cfg.order in ("action_caption", "caption")
+        return self.cfg.end_threshold_captions if captioned else self.cfg.end_threshold
 
     def _ids(self, text: str) -> list[int]:
         return self.tok(text, add_special_tokens=False)["input_ids"]
 
-    def _sample(self, logits: torch.Tensor, gen: torch.Generator) -> int:
+    def _sample(self, logits: torch.Tensor, gen: torch.Generator, seen: list[int] | None = None) -> int:
         logits = logits.clone()
+        if seen and self.cfg.repetition_penalty != 1.0:
+            logits = self.penalty(torch.tensor([seen]), logits.unsqueeze(0))[0]
         logits[self.banned] = float("-inf")
         if self.cfg.temperature <= 0:
             return int(logits.argmax())
         probs = torch.softmax(logits / self.cfg.temperature, dim=-1)
         return int(torch.multinomial(probs, 1, generator=gen))
 
-    def _text(self, f: _Feeder, logits: torch.Tensor, limit: int, gen: torch.Generator, stats: dict) -> str:
-        """Sample text up to a newline (or ``limit`` tokens), then feed the canonical newline."""
+    def _text(
+        self, f: _Feeder, logits: torch.Tensor, limit: int, gen: torch.Generator, stats: dict, seen: list[int]
+    ) -> str:
+        """Sample text up to a newline (or ``limit`` tokens), then feed the canonical newline.
+
+        ``seen`` holds the tokens of the same field in earlier steps (for the repetition penalty); the tokens
+        sampled here are appended to it."""
         out: list[int] = []
         while len(out) < limit:
-            t = self._sample(logits, gen)
+            t = self._sample(logits, gen, seen + out)
             if t in self.stop_ids or "\n" in self.tok.decode([t]):
                 break
             out.append(t)
@@ -114,6 +127,7 @@ class Planner:
             logits, _ = f.feed([t])
             stats["decode_seconds"] += time.perf_counter() - t0
             stats["decode_tokens"] += 1
+        seen += out
         return self.tok.decode(out).strip()
 
     def _visual(self, f: _Feeder, z: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -144,8 +158,12 @@ class Planner:
         logits, _ = f.feed(self._ids(PROMPT.format(query=query)))
         stats["prefill_seconds"] += time.perf_counter() - t0
         result: list[PlannedStep] = []
+        seen_actions: list[int] = []
+        seen_captions: list[int] = []
         for action, caption, z in keep or []:
             k = len(result) + 1
+            seen_actions += self._ids(" " + action.strip())
+            seen_captions += self._ids(" " + caption.strip())
             t0 = time.perf_counter()
             f.feed(self._ids(f"Step {k}."))
             if order in ("action_caption", "action"):
@@ -159,23 +177,25 @@ class Planner:
         limit = steps if steps is not None else self.cfg.max_steps
         while len(result) < limit:
             k = len(result) + 1
-            if steps is None and k > 1:
+            if k > 1:
                 pair = logits[[self.step_tok, self.done_tok]]
+                stats.setdefault("p_done", []).append(float(torch.softmax(pair, -1)[1]))
+            if steps is None and k > 1:
                 if self.cfg.temperature > 0:
                     choice = int(torch.multinomial(torch.softmax(pair / self.cfg.temperature, -1), 1, generator=gen))
                 else:
-                    choice = int(pair.argmax())
+                    choice = int(stats["p_done"][-1] >= self._end_threshold())
                 if choice == 1:
                     ended = True
                     break
             logits, _ = f.feed(self._ids(f"Step {k}."))
             action = caption = ""
             if order in ("action_caption", "action"):
-                action = self._text(f, logits, self.cfg.max_action_tokens, gen, stats)
+                action = self._text(f, logits, self.cfg.max_action_tokens, gen, stats, seen_actions)
                 logits, _ = f.feed(self.newline)
             if order in ("action_caption", "caption") and self.cfg.captions:
                 logits, _ = f.feed(self._ids("Caption:"))
-                caption = self._text(f, logits, self.cfg.max_caption_tokens, gen, stats)
+                caption = self._text(f, logits, self.cfg.max_caption_tokens, gen, stats, seen_captions)
                 logits, _ = f.feed(self.newline)
             z, logits = self._visual(f)
             result.append(PlannedStep(action, caption, z))

@@ -104,6 +104,45 @@ def _load_samples(cfg: DirectorConfig, builder: SequenceBuilder, space: VisualSp
     ]
 
 
+def validation_metrics(director, samples: list[dict], cfg: DirectorConfig, pad_id: int) -> dict[str, float]:
+    """Mean text loss, embedding L2, cosine and MSE over ``samples`` (the columns of the paper's Tables 5-6).
+
+    Text metrics average over batches; embedding metrics over the batches that hold visual states."""
+    sums: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    with torch.no_grad():
+        for i in range(0, len(samples), cfg.train.batch_size):
+            batch = collate(samples[i : i + cfg.train.batch_size], pad_id)
+            for k, v in director.loss(batch, cfg.loss).items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+                counts[k] = counts.get(k, 0) + 1
+    return {k: sums[k] / counts[k] for k in sums}
+
+
+def validate_checkpoint(cfg: DirectorConfig, split: str | None = None) -> dict[str, float]:
+    """Text loss, embedding L2, cosine and MSE of the trained director ``cfg.checkpoint`` on ``split`` (default:
+    ``dataset.val_split``) of the CookGen builds in ``cfg.data``: every window, visual states or not."""
+    if not cfg.checkpoint:
+        raise DirectorError("validation needs a trained director: give --preset with a checkpoint")
+    if not cfg.data:
+        raise DirectorError("validation needs data=COOKGEN_DIR[,DIR]")
+    space = resolve_space(cfg)
+    director, backbone, meta = build_director(cfg.backbone, cfg.model, space, checkpoint=cfg.checkpoint)
+    if meta and "space" in meta:
+        VisualSpace(meta["space"]["name"], int(meta["space"]["dim"])).check_same(space, "the data's visual states")
+    director.eval()
+    builder = SequenceBuilder(backbone.tokenizer, director.image_block_ids(), cfg.model.order, cfg.dataset.max_tokens)
+    split = split or cfg.dataset.val_split
+    samples = _load_samples(cfg, builder, space, split)
+    if not samples:
+        raise DirectorError(f"the {split!r} splits of {', '.join(cfg.data)} hold no steps")
+    pad_id = backbone.tokenizer.pad_token_id if backbone.tokenizer.pad_token_id is not None else 0
+    out = validation_metrics(director, samples, cfg, pad_id)
+    out["windows"] = float(len(samples))
+    out["visual_states"] = float(sum(len(s["targets"]) for s in samples))
+    return out
+
+
 def train(cfg: DirectorConfig, stop_after: int | None = None, progress: bool = True) -> Path:
     """Train a director as ``cfg`` says; returns the final checkpoint folder (``RUN/final``)."""
     from accelerate import Accelerator
@@ -133,16 +172,22 @@ def train(cfg: DirectorConfig, stop_after: int | None = None, progress: bool = T
     director, backbone, _ = build_director(cfg.backbone, cfg.model, space, checkpoint=None, seed=cfg.seed)
     builder = SequenceBuilder(backbone.tokenizer, director.image_block_ids(), cfg.model.order, cfg.dataset.max_tokens)
     train_samples = _load_samples(cfg, builder, space, cfg.dataset.train_split)
-    if cfg.dataset.captions_csv and cfg.dataset.caption_lines_per_epoch:
+    if cfg.dataset.visual_repeat > 1:
+        train_samples += [s for s in train_samples if s["targets"]] * (cfg.dataset.visual_repeat - 1)
+    if cfg.dataset.captions_csv and cfg.dataset.caption_lines:
         lines = load_caption_lines(cfg.dataset.captions_csv)
         rng = random.Random(cfg.seed)
-        picked = rng.sample(lines, min(len(lines), cfg.dataset.caption_lines_per_epoch))
+        picked = rng.sample(lines, min(len(lines), cfg.dataset.caption_lines))
         train_samples += [builder.caption_line(c) for c in picked]
     if not train_samples:
         raise DirectorError(
             f"the {cfg.dataset.train_split!r} splits of {', '.join(cfg.data)} hold no steps to train on"
         )
-    val_samples = _load_samples(cfg, builder, space, cfg.dataset.val_split)[: cfg.dataset.max_val_samples]
+    val_all = _load_samples(cfg, builder, space, cfg.dataset.val_split)
+    # windows with visual states first: they are few, and the embedding metrics need them
+    val_samples = ([s for s in val_all if s["targets"]] + [s for s in val_all if not s["targets"]])[
+        : cfg.dataset.max_val_samples
+    ]
     pad_id = backbone.tokenizer.pad_token_id if backbone.tokenizer.pad_token_id is not None else 0
 
     # 2. optimizer, schedule, and the state to resume
@@ -199,20 +244,10 @@ def train(cfg: DirectorConfig, stop_after: int | None = None, progress: bool = T
                     writer.add_scalar(f"{row['split']}/{k}", float(row[k]), row["step"])
 
     def validate() -> dict[str, float]:
-        if not val_samples:
-            return {}
         model.eval()
-        sums: dict[str, float] = {}
-        counts: dict[str, int] = {}
-        with torch.no_grad():
-            for i in range(0, len(val_samples), cfg.train.batch_size):
-                batch = collate(val_samples[i : i + cfg.train.batch_size], pad_id)
-                parts = accelerator.unwrap_model(model).loss(batch, cfg.loss)
-                for k, v in parts.items():
-                    sums[k] = sums.get(k, 0.0) + float(v)
-                    counts[k] = counts.get(k, 0) + 1
+        metrics = validation_metrics(accelerator.unwrap_model(model), val_samples, cfg, pad_id)
         model.train()
-        return {k: sums[k] / counts[k] for k in sums}
+        return metrics
 
     def save(at: int) -> None:
         if not main_proc:

@@ -17,7 +17,7 @@ from director.config import PRESETS, DirectorConfig
 from director.data import SequenceBuilder, collate, load_episodes, windows
 from director.model import IMG_BEGIN, LossConfig, ModelConfig
 from director.plan import Planner
-from director.train import SimulatedKill, train, trained_tensors
+from director.train import SimulatedKill, train, trained_tensors, validate_checkpoint
 
 TINY_SPACE = VisualSpace("test/space", 32)
 
@@ -115,6 +115,13 @@ def test_train_writes_checkpoints_logs_and_resumes_bit_identically(tiny_cookgen,
     rows = (tmp_path / "a" / "log.csv").read_text().splitlines()
     assert rows[0].startswith("step,split,loss") and any(",val," in r for r in rows)
     assert list((tmp_path / "a" / "tb").iterdir()) and (tmp_path / "a" / "config.yaml").is_file()
+    # `director validate` rescores the val split with the saved checkpoint: the numbers training recorded
+    cfg = _train_cfg(tiny_cookgen, tmp_path / "a")
+    cfg.checkpoint = str(full)
+    again = validate_checkpoint(cfg)
+    assert again["visual_states"] > 0 and again["windows"] > 0
+    for k in ("text_loss", "cos", "l2"):
+        assert again[k] == pytest.approx(meta["validation"][k], rel=1e-4, abs=1e-6)
 
     with pytest.raises(SimulatedKill):
         train(_train_cfg(tiny_cookgen, tmp_path / "b"), stop_after=3, progress=False)

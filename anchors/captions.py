@@ -1,0 +1,171 @@
+"""Stories and the StoryAnchors multi-event caption format (StoryAnchors §2.2).
+
+A story is a title, a subjects field, a video-style field and ordered events, each spanning one or more
+story frames. The multi-event caption numbers each event with the story-frame range it covers, so the
+transformer, which sees all frames at once, can tell which text belongs to which frames::
+
+    Subjects: a cook; tuna, bread.
+    Style: a real-world cooking video, filmed close up.
+    Events: (1) frames 1-2: Drain the tuna. (2) frame 3: Mix tuna with mayonnaise. (3) frame 4: Close it.
+
+The global caption (training stage 1) describes the whole sequence in one piece, without frame ranges::
+
+    Subjects: ... Style: ... Story: Tuna sandwich. Drain the tuna; mix tuna with mayonnaise; close it.
+
+Story JSON (``anchors generate --story``)::
+
+    {"title": "Tuna sandwich", "subjects": "a cook; tuna, bread", "style": "a cooking video",
+     "events": [{"text": "Drain the tuna.", "frames": 2}, {"text": "Mix tuna with mayonnaise."}]}
+
+``frames`` is optional (default 1, or an even share of ``--frames N``). A plain list is accepted too, in the
+ViStoryBench-like simple form: a list of strings (one event each) or of ``{"text"|"description", ...}``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from anchors.config import AnchorsError
+
+
+@dataclass
+class Event:
+    """One event of a story and how many story frames it spans."""
+
+    text: str
+    frames: int | None = None
+
+
+@dataclass
+class Story:
+    """A story: title, subjects, style and ordered events."""
+
+    title: str
+    events: list[Event]
+    subjects: str = ""
+    style: str = ""
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def frame_events(self) -> list[int]:
+        """The event index (0-based) of each story frame; every event's ``frames`` must be set."""
+        out: list[int] = []
+        for i, e in enumerate(self.events):
+            out += [i] * int(e.frames or 0)
+        return out
+
+
+def _header(subjects: str, style: str) -> list[str]:
+    parts = []
+    if subjects.strip():
+        parts.append(f"Subjects: {subjects.strip().rstrip('.')}.")
+    if style.strip():
+        parts.append(f"Style: {style.strip().rstrip('.')}.")
+    return parts
+
+
+def _sentence(text: str) -> str:
+    text = " ".join(text.split())
+    return text if text.endswith((".", "!", "?")) else text + "."
+
+
+def multi_event_caption(story: Story) -> str:
+    """The multi-event caption: subjects, style, then each event numbered with its story-frame range."""
+    parts = _header(story.subjects, story.style)
+    events, start = [], 1
+    for i, e in enumerate(story.events, start=1):
+        n = int(e.frames or 1)
+        rng = f"frame {start}" if n == 1 else f"frames {start}-{start + n - 1}"
+        events.append(f"({i}) {rng}: {_sentence(e.text)}")
+        start += n
+    parts.append("Events: " + " ".join(events))
+    return " ".join(parts)
+
+
+def global_caption(story: Story) -> str:
+    """One caption for the whole sequence (stage 1): subjects, style, the title and the events in one run."""
+    parts = _header(story.subjects, story.style)
+    body = "; ".join(" ".join(e.text.split()).rstrip(".") for e in story.events)
+    title = f"{story.title.strip().rstrip('.')}. " if story.title.strip() else ""
+    parts.append(f"Story: {title}{body[:1].upper() + body[1:]}.")
+    return " ".join(parts)
+
+
+def caption(story: Story, mode: str) -> str:
+    """``mode``: ``global`` or ``multievent``."""
+    return global_caption(story) if mode == "global" else multi_event_caption(story)
+
+
+def _event(item: Any, where: str) -> Event:
+    if isinstance(item, str):
+        text, frames = item, None
+    elif isinstance(item, dict):
+        text = item.get("text", item.get("description", item.get("prompt")))
+        frames = item.get("frames")
+    else:
+        raise AnchorsError(f"{where} must be a string or an object with 'text'")
+    if not isinstance(text, str) or not text.strip():
+        raise AnchorsError(f"{where} has no text")
+    if frames is not None and (not isinstance(frames, int) or isinstance(frames, bool) or frames < 1):
+        raise AnchorsError(f"{where}: 'frames' must be a positive integer, got {frames!r}")
+    return Event(" ".join(text.split()), frames)
+
+
+def story_from_json(data: Any, name: str = "story") -> Story:
+    """A :class:`Story` from parsed story JSON (see the module docstring); AnchorsError on bad input."""
+    if isinstance(data, list):
+        data = {"events": data}
+    if not isinstance(data, dict):
+        raise AnchorsError(f"{name}: top level must be an object with 'events' or a list of events")
+    raw = data.get("events", data.get("shots", data.get("scenes")))
+    if not isinstance(raw, list) or not raw:
+        raise AnchorsError(f"{name}: the story has no events (give 'events': [{{'text': ...}}, ...])")
+    events = [_event(item, f"{name}: events[{i}]") for i, item in enumerate(raw)]
+    fields = {}
+    for key in ("title", "subjects", "style"):
+        value = data.get(key, "")
+        if isinstance(value, list):
+            value = ", ".join(map(str, value))
+        if not isinstance(value, str):
+            raise AnchorsError(f"{name}: '{key}' must be a string")
+        fields[key] = value
+    title = fields["title"] or events[0].text
+    return Story(title=title, events=events, subjects=fields["subjects"], style=fields["style"])
+
+
+def load_story(path: str | Path) -> Story:
+    """Read a story JSON file; AnchorsError naming the problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise AnchorsError(f"story file not found: {path}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise AnchorsError(f"{path} is not valid JSON: {e}") from None
+    return story_from_json(data, name=str(path))
+
+
+def assign_frames(story: Story, num_frames: int | None) -> int:
+    """Fill in each event's frame count; returns the total. With ``num_frames``, events without a count
+    share what the others leave evenly (earlier events get the remainder); the total must then match."""
+    fixed = sum(e.frames for e in story.events if e.frames)
+    free = [e for e in story.events if not e.frames]
+    if num_frames is None:
+        for e in free:
+            e.frames = 1
+        return fixed + len(free)
+    left = num_frames - fixed
+    if free:
+        if left < len(free):
+            raise AnchorsError(
+                f"--frames {num_frames} is too few for {len(story.events)} events "
+                f"({fixed} frames already fixed by the story, {len(free)} events need at least one each)"
+            )
+        q, r = divmod(left, len(free))
+        for i, e in enumerate(free):
+            e.frames = q + (1 if i < r else 0)
+    elif left != 0:
+        raise AnchorsError(f"the story's events span {fixed} frames but --frames {num_frames} was given")
+    return num_frames

@@ -1,0 +1,159 @@
+"""``anchors``: StoryAnchors-style joint story-frame generation and its training.
+
+    anchors generate --story STORY.json [--frames N] [--condition PLAN_DIR:1,2] [--preset tiny|paper|PATH|CKPT]
+                     --out DIR [--seed S] [key=value ...]
+    anchors train --config tiny|stage1-global|stage2-multievent|stage3-continuation|paper|PATH
+                  data=COOKGEN_DIR[,DIR] out=RUN_DIR [key=value ...]
+    anchors presets
+
+``--preset`` takes a preset name, a preset YAML, or a trained checkpoint folder (``RUN/final``, whose
+``config.yaml`` is used). There is no ``default`` preset: no video diffusion weights exist offline.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+
+from anchors.config import PRESETS, AnchorsConfig, AnchorsError
+from auteur.cliutil import ArgumentParser, run_cli, setup_logging
+from auteur.config import list_presets, load_config
+
+log = logging.getLogger(__name__)
+
+NO_DEFAULT = (
+    "there is no 'default' preset for anchors: no video diffusion weights are available offline (none ship on "
+    "PyPI); use --preset tiny (random weights, a code-path check), --preset paper with model.pretrained=PATH "
+    "to a local Wan2.1 diffusers folder, or a checkpoint that `anchors train` wrote"
+)
+
+
+def resolve_config(preset: str, overrides: list[str]) -> AnchorsConfig:
+    """A preset name or YAML, or a checkpoint folder (its saved config, with ``checkpoint`` set to it)."""
+    if preset == "default":
+        raise AnchorsError(NO_DEFAULT)
+    path = Path(preset)
+    if path.is_dir():
+        from anchors.model import check_checkpoint
+
+        check_checkpoint(path)
+        cfg = load_config(AnchorsConfig, path / "config.yaml", overrides, preset_dir=PRESETS)
+        cfg.checkpoint = str(path)
+        return cfg
+    cfg = load_config(AnchorsConfig, preset, overrides, preset_dir=PRESETS)
+    if cfg.checkpoint:
+        from anchors.model import check_checkpoint
+
+        check_checkpoint(cfg.checkpoint)
+    return cfg
+
+
+def _parser() -> ArgumentParser:
+    p = ArgumentParser(prog="anchors", description="StoryAnchors-style bidirectional story-frame generation.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
+
+    g = sub.add_parser("generate", help="generate a story's frames jointly, as a Plan folder")
+    g.add_argument("--story", required=True, type=Path, help="story JSON (see docs/readme/anchors.md)")
+    g.add_argument(
+        "--frames", type=int, help="number of story frames (default: the story's, else generate.num_frames)"
+    )
+    g.add_argument("--condition", metavar="PLAN_DIR:K[,K]", help="keep these frames of a plan folder (1-based)")
+    g.add_argument("--preset", default="default")
+    g.add_argument("--out", required=True, type=Path, help="plan folder to write")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("overrides", nargs="*", metavar="key=value")
+
+    t = sub.add_parser("train", help="train the story transformer on CookGen story-frame sequences")
+    t.add_argument("--config", default="tiny")
+    t.add_argument("--no-progress", action="store_true")
+    t.add_argument("overrides", nargs="*", metavar="key=value", help="data=DIR out=RUN_DIR train.max_steps=...")
+
+    sub.add_parser("presets", help="list the presets")
+    return p
+
+
+def _generate(args) -> int:
+    from anchors.captions import assign_frames, load_story
+    from anchors.generate import condition_images, generate, parse_condition, write_plan
+    from anchors.model import build_anchors, check_num_frames
+
+    # 1. everything the user gave is checked before a model is built or a file written
+    cfg = resolve_config(args.preset, args.overrides)
+    story = load_story(args.story)
+    if args.frames is not None:
+        n = assign_frames(story, args.frames)
+    elif any(e.frames for e in story.events):
+        n = assign_frames(story, None)
+    else:
+        n = assign_frames(story, max(cfg.generate.num_frames, len(story.events)))
+    check_num_frames(n, cfg.model, int(cfg.model.transformer.patch_size[0]))
+    given = {}
+    cond_from = None
+    if args.condition:
+        cond_from, frames = parse_condition(args.condition)
+        if len(frames) > n:
+            raise AnchorsError(f"--condition gives {len(frames)} frames but the story has only {n} story frames")
+        if len(frames) == n:
+            raise AnchorsError(f"--condition gives all {n} story frames: nothing is left to generate")
+        if max(frames) > n:
+            raise AnchorsError(f"--condition frame {max(frames)} is outside the story's frames 1..{n}")
+        given = condition_images(cond_from, frames)
+    if args.out.exists() and not args.out.is_dir():
+        raise AnchorsError(f"--out {args.out} exists and is not a folder")
+
+    # 2. model, generation, plan
+    import torch
+
+    anchors = build_anchors(cfg.model, checkpoint=cfg.checkpoint)
+    if torch.cuda.is_available():
+        anchors.to("cuda")
+    t0 = time.perf_counter()
+    gen = generate(anchors, story, n, cfg.generate, given=given, seed=args.seed, progress=True)
+    seconds = time.perf_counter() - t0
+    trained = cfg.checkpoint is not None
+    provenance = {
+        "generator": "anchors",
+        "preset": args.preset,
+        "seed": args.seed,
+        "models": {"anchors_base": anchors.model_id, "anchors_checkpoint": cfg.checkpoint, "anchors_trained": trained},
+        "given_frames": gen.given,
+        "condition_plan": str(cond_from) if cond_from else None,
+        "generate_seconds": round(seconds, 3),
+    }
+    out = write_plan(gen, story, args.out, cfg, provenance)
+    print(f"{n} story frames ({len(gen.given)} given) in {seconds:.2f} s -> {out}")
+    if not trained and cfg.model.kind == "tiny":
+        print("note: an UNTRAINED tiny model (random weights) made these frames; they show the code path only")
+    return 0
+
+
+def _train(args) -> int:
+    from anchors.train import train
+
+    if args.config == "default":
+        raise AnchorsError(NO_DEFAULT)
+    cfg = load_config(AnchorsConfig, args.config, args.overrides, preset_dir=PRESETS)
+    final = train(cfg, progress=not args.no_progress)
+    print(f"trained anchors ({cfg.train.stage} stage) -> {final}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    def body() -> int:
+        args = _parser().parse_args(argv)
+        setup_logging()
+        logging.getLogger("transformers").setLevel(logging.ERROR)
+        if args.command == "generate":
+            return _generate(args)
+        if args.command == "train":
+            return _train(args)
+        print("\n".join(list_presets(PRESETS)))
+        return 0
+
+    return run_cli(body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

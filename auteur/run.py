@@ -1,0 +1,206 @@
+"""``auteur run``: the whole pipeline in one command, each stage resumable.
+
+    auteur run "how to cook a tuna sandwich" --out RUN [--preset default|tiny] [--director-preset P]
+               [--renderer-preset P] [--videogen-preset P] [--seed S]
+
+Stages, each run as its package's console script in a subprocess (stage packages never import each other;
+``auteur`` is the core they all import), each skipped when its outputs already exist:
+
+1. ``director plan QUERY --out RUN/plan``   -> RUN/plan/plan.json + embeddings   (skipped: plan.json exists)
+2. ``renderer render RUN/plan``             -> a keyframe per step               (skipped: all keyframes exist)
+3. ``videogen generate RUN/plan``           -> clips, RUN/plan/video.mp4 + .vtt  (skipped: video recorded;
+   videogen itself also skips finished clips)
+4. ``RUN/storyboard.html``                  (always rewritten; cheap)
+
+``RUN/run.json`` records the query, the presets, the seed and what each stage did.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from auteur.errors import AuteurError
+from auteur.io import atomic_write_json, ensure_writable_dir
+
+log = logging.getLogger(__name__)
+
+PLAN_DIR = "plan"
+RUN_FILE = "run.json"
+
+#: ``--preset`` of ``auteur run``: the preset each stage gets unless overridden
+RUN_PRESETS: dict[str, dict[str, str]] = {
+    "default": {"director": "default", "renderer": "default", "videogen": "default"},
+    "tiny": {"director": "tiny", "renderer": "tiny", "videogen": "tiny"},
+}
+
+
+class RunError(AuteurError):
+    """A pipeline run that cannot start or whose stage failed."""
+
+
+@dataclass
+class StageCommands:
+    """How each stage is launched: an argv prefix (``[python, -m, director.cli]``) and the module it needs.
+
+    Tests and users may point a stage at another command (for example a renderer installed elsewhere).
+    """
+
+    director: list[str] = field(default_factory=lambda: [sys.executable, "-m", "director.cli"])
+    renderer: list[str] = field(default_factory=lambda: [sys.executable, "-m", "renderer.cli"])
+    videogen: list[str] = field(default_factory=lambda: [sys.executable, "-m", "videogen.cli"])
+
+    def check(self, stage: str) -> list[str]:
+        """The argv prefix of ``stage``; RunError when its package is not installed."""
+        argv = list(getattr(self, stage))
+        if len(argv) >= 3 and argv[1] == "-m":
+            package = argv[2].split(".")[0]
+            if importlib.util.find_spec(package) is None:
+                raise RunError(
+                    f"the {stage} stage needs the '{package}' package, which is not installed "
+                    "(install the project with `pip install -e .`, or resume a run that already has this stage's "
+                    "outputs)"
+                )
+        return argv
+
+
+@dataclass
+class RunConfig:
+    query: str
+    out: Path
+    preset: str = "default"
+    director_preset: str | None = None
+    renderer_preset: str | None = None
+    videogen_preset: str | None = None
+    seed: int = 0
+    steps: int | None = None
+
+    def stage_preset(self, stage: str) -> str:
+        given = getattr(self, f"{stage}_preset")
+        return given if given else RUN_PRESETS[self.preset][stage]
+
+
+def _run_stage(stage: str, argv: list[str]) -> float:
+    """Run one stage's command; its output is echoed, its stderr also kept for a one-line error."""
+    log.info("stage %s: %s", stage, " ".join(argv))
+    t0 = time.perf_counter()
+    proc = subprocess.run(argv, capture_output=True, text=True)
+    if proc.stdout:
+        sys.stdout.write(proc.stdout)
+    if proc.stderr:
+        sys.stderr.write(proc.stderr)
+    if proc.returncode != 0:
+        lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+        why = next((ln for ln in reversed(lines) if ln.startswith("error:")), lines[-1] if lines else "no message")
+        raise RunError(f"stage {stage} failed (exit {proc.returncode}): {why.removeprefix('error: ')}")
+    return time.perf_counter() - t0
+
+
+def _plan_done(plan_dir: Path) -> bool:
+    return (plan_dir / "plan.json").is_file()
+
+
+def _keyframes_done(plan_dir: Path) -> bool:
+    from auteur.plan import load_plan
+
+    plan = load_plan(plan_dir)
+    return bool(plan.steps) and all(s.keyframe and (plan_dir / s.keyframe).is_file() for s in plan.steps)
+
+
+def _video_done(plan_dir: Path) -> bool:
+    from auteur.plan import load_plan
+
+    plan = load_plan(plan_dir)
+    video = plan.meta.get("video") or {}
+    if not video.get("path") or not (plan_dir / video["path"]).is_file():
+        return False
+    return all(s.clip and (plan_dir / s.clip).is_file() for s in plan.steps)
+
+
+def run(cfg: RunConfig, commands: StageCommands | None = None) -> dict[str, Any]:
+    """Run (or resume) the pipeline into ``cfg.out``; returns the run record (also written to run.json)."""
+    from auteur.storyboard import write_storyboard
+
+    commands = commands or StageCommands()
+    if not cfg.query or not cfg.query.strip():
+        raise RunError('the query is empty: give what to make, e.g. "how to cook a tuna sandwich"')
+    if cfg.preset not in RUN_PRESETS:
+        raise RunError(f"unknown run preset '{cfg.preset}' (known: {', '.join(RUN_PRESETS)})")
+    out = ensure_writable_dir(cfg.out)
+    plan_dir = out / PLAN_DIR
+    record_path = out / RUN_FILE
+    if record_path.is_file():
+        old = json.loads(record_path.read_text())
+        if old.get("query") != cfg.query:
+            raise RunError(f"{out} holds a run for another query ({old.get('query')!r}); use another --out")
+    presets = {s: cfg.stage_preset(s) for s in ("director", "renderer", "videogen")}
+    record: dict[str, Any] = {"query": cfg.query, "preset": cfg.preset, "presets": presets, "seed": cfg.seed,
+                              "stages": {}}  # fmt: skip
+
+    stages = [
+        ("director", _plan_done, lambda: ["plan", cfg.query, "--preset", presets["director"], "--out",
+                                          str(plan_dir), "--seed", str(cfg.seed)]
+                                         + (["--steps", str(cfg.steps)] if cfg.steps else [])),
+        ("renderer", _keyframes_done, lambda: ["render", str(plan_dir), "--preset", presets["renderer"]]),
+        ("videogen", _video_done, lambda: ["generate", str(plan_dir), "--preset", presets["videogen"], "--seed",
+                                           str(cfg.seed), "--no-progress"]),
+    ]  # fmt: skip
+    for stage, done, args in stages:
+        if stage != "director" and not _plan_done(plan_dir):
+            raise RunError(f"no plan in {plan_dir}: the director stage did not write one")
+        if done(plan_dir):
+            record["stages"][stage] = {"status": "skipped (outputs exist)"}
+            print(f"[{stage}] skipped: outputs exist in {plan_dir}")
+            continue
+        argv = commands.check(stage) + args()
+        print(f"[{stage}] running")
+        seconds = _run_stage(stage, argv)
+        if not done(plan_dir):
+            raise RunError(f"stage {stage} exited 0 but its outputs are missing in {plan_dir}")
+        record["stages"][stage] = {"status": "done", "seconds": round(seconds, 2)}
+    atomic_write_json(record_path, record)
+    page = write_storyboard(out, plan_dir, run_info=record)
+    record["storyboard"] = str(page)
+    return record
+
+
+def add_parser(sub) -> None:
+    """Register ``auteur run`` on the subparsers of ``auteur``'s CLI."""
+    r = sub.add_parser("run", help="the whole pipeline: plan -> keyframes -> video, resumable")
+    r.add_argument("query")
+    r.add_argument("--out", required=True, type=Path)
+    r.add_argument("--preset", default="default", choices=sorted(RUN_PRESETS))
+    r.add_argument("--director-preset")
+    r.add_argument("--renderer-preset")
+    r.add_argument("--videogen-preset")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--steps", type=int, help="number of plan steps (default: the director decides)")
+
+
+def main_run(args) -> int:
+    """``auteur run`` from parsed arguments."""
+    cfg = RunConfig(
+        query=args.query,
+        out=args.out,
+        preset=args.preset,
+        director_preset=args.director_preset,
+        renderer_preset=args.renderer_preset,
+        videogen_preset=args.videogen_preset,
+        seed=args.seed,
+        steps=args.steps,
+    )
+    record = run(cfg)
+    from auteur.plan import load_plan
+
+    plan = load_plan(cfg.out / PLAN_DIR)
+    video = plan.meta.get("video") or {}
+    kind = " (an animatic)" if video.get("animatic") else ""
+    print(f"video: {cfg.out / PLAN_DIR / video.get('path', '')}{kind}\nstoryboard: {record['storyboard']}")
+    return 0

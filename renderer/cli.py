@@ -1,0 +1,141 @@
+"""``renderer``: keyframes for a plan, renderer training, frame banks.
+
+renderer render PLAN_DIR [--preset default|tiny|paper|PATH] [--context 1|2|3] [--size WxH] [--seed S]
+                [--bank BANK] [--checkpoint RUN/final] [--force] [key=value ...]
+renderer train --config tiny|paper|PATH data=COOKGEN_DIR[,DIR] out=RUN_DIR [key=value ...]
+renderer bank build CLIPS_DIR --out BANK [--preset default|tiny] [--interval S] [key=value ...]
+renderer presets
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from pathlib import Path
+
+from auteur.cliutil import ArgumentParser, UsageError, run_cli, setup_logging
+from auteur.config import list_presets, load_config
+from renderer.config import PRESETS, RenderConfig
+
+log = logging.getLogger(__name__)
+
+
+def _parser() -> ArgumentParser:
+    p = ArgumentParser(prog="renderer", description="Render a plan's keyframes (FLUX.1 Fill or retrieval).")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
+
+    r = sub.add_parser("render", help="render the keyframes of a plan folder")
+    r.add_argument("plan", type=Path, help="a plan folder (director plan --out)")
+    r.add_argument("--preset", default="default")
+    r.add_argument("--context", type=int, help="reference keyframes on the canvas: 1, 2 or 3")
+    r.add_argument("--size", help="panel size WxH, e.g. 512x512")
+    r.add_argument("--seed", type=int)
+    r.add_argument("--bank", help="frame bank folder (retrieval backend)")
+    r.add_argument("--checkpoint", help="a `renderer train` checkpoint (flux backend)")
+    r.add_argument("--force", action="store_true", help="re-render steps that already have a keyframe")
+    r.add_argument("--no-progress", action="store_true")
+    r.add_argument("overrides", nargs="*", metavar="key=value")
+
+    t = sub.add_parser("train", help="train LoRA + embedding adapter on CookGen keyframe sequences")
+    t.add_argument("--config", default="tiny")
+    t.add_argument("--no-progress", action="store_true")
+    t.add_argument("overrides", nargs="*", metavar="key=value", help="data=DIR out=RUN_DIR train.max_steps=...")
+
+    b = sub.add_parser("bank", help="frame banks for the retrieval renderer")
+    bsub = b.add_subparsers(dest="bank_command", required=True, parser_class=ArgumentParser)
+    bb = bsub.add_parser("build", help="sample, embed and store frames of a folder of clips")
+    bb.add_argument("clips", type=Path)
+    bb.add_argument("--out", type=Path, required=True)
+    bb.add_argument("--preset", default="default")
+    bb.add_argument("--interval", type=float, help="seconds between sampled frames")
+    bb.add_argument("--no-progress", action="store_true")
+    bb.add_argument("overrides", nargs="*", metavar="key=value")
+
+    sub.add_parser("presets", help="list the presets")
+    return p
+
+
+def _size(text: str) -> tuple[int, int]:
+    m = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text)
+    if not m:
+        raise UsageError(f"--size must be WxH (e.g. 512x512), got {text!r}")
+    return int(m.group(1)), int(m.group(2))
+
+
+def _render(args) -> int:
+    from renderer.render import check_context, render_plan
+
+    cfg = load_config(RenderConfig, args.preset, args.overrides, preset_dir=PRESETS)
+    if args.context is not None:
+        check_context(args.context)
+        cfg.context = args.context
+    if args.size is not None:
+        cfg.width, cfg.height = _size(args.size)
+    if args.seed is not None:
+        cfg.seed = args.seed
+    if args.bank is not None:
+        cfg.retrieval.bank = args.bank
+    if args.checkpoint is not None:
+        cfg.checkpoint = args.checkpoint
+    result = render_plan(cfg, args.plan, preset=args.preset, force=args.force, progress=not args.no_progress)
+    kind = "retrieved" if cfg.backend == "retrieval" else "rendered"
+    print(
+        f"{len(result.rendered)} keyframes {kind}, {len(result.skipped)} already there"
+        f" -> {result.folder / 'keyframes'}"
+    )
+    if cfg.backend == "retrieval":
+        print("note: keyframes are real frames RETRIEVED from the frame bank (retrieval renderer), not generated")
+    return 0
+
+
+def _train(args) -> int:
+    from renderer.train import train
+
+    cfg = load_config(RenderConfig, args.config, args.overrides, preset_dir=PRESETS)
+    final = train(cfg, progress=not args.no_progress)
+    print(f"trained renderer -> {final}")
+    return 0
+
+
+def _bank(args) -> int:
+    from renderer.bank import build_bank, load_bank
+
+    cfg = load_config(RenderConfig, args.preset, args.overrides, preset_dir=PRESETS)
+    if args.interval is not None:
+        cfg.bank.interval = args.interval
+    out = build_bank(cfg, args.clips, args.out, progress=not args.no_progress)
+    bank = load_bank(out)
+    print(f"frame bank: {len(bank.frames)} frames in {bank.space.name} (dim {bank.space.dim}) -> {out}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    def body() -> int:
+        # key=value overrides may come anywhere, also after options (argparse leaves them over)
+        args, extra = _parser().parse_known_args(argv)
+        bad = [x for x in extra if x.startswith("-") or "=" not in x or not hasattr(args, "overrides")]
+        if bad:
+            raise UsageError(f"renderer: unrecognized arguments: {' '.join(bad)}")
+        if extra:
+            args.overrides = [*args.overrides, *extra]
+        setup_logging()
+        from diffusers.utils import logging as diffusers_logging
+        from transformers.utils import logging as transformers_logging
+
+        diffusers_logging.set_verbosity_error()  # e.g. the truncation notice for long tiled prompts
+        transformers_logging.set_verbosity_error()
+        if args.command == "render":
+            return _render(args)
+        if args.command == "train":
+            return _train(args)
+        if args.command == "bank":
+            return _bank(args)
+        print("\n".join(list_presets(PRESETS)))
+        return 0
+
+    return run_cli(body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

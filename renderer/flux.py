@@ -1,0 +1,369 @@
+"""FLUX.1 Fill with a rolling context: build the pipeline, encode tiled prompts with embedding tokens, render.
+
+VideoAuteur (Xiao et al., 2025, §4.2 and §5.2) renders each keyframe with FLUX.1 Fill conditioned on the
+previous keyframes (on one canvas, masked), the tiled captions and the director's visual embedding. This module
+holds the model side: :func:`build_pipeline` (``tiny``: every component at toy size from config, as diffusers'
+``get_dummy_components``; ``pretrained``: ``FluxFillPipeline.from_pretrained``), :class:`FluxRenderer` (pipeline
++ embedding adapter + optional LoRA checkpoint) and the checkpoint format that ``renderer train`` writes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from auteur.config import to_dict
+from auteur.plan import VisualSpace
+from renderer.adapter import EmbeddingAdapter, append_tokens
+from renderer.canvas import make_canvas, tiled_caption
+from renderer.config import FluxConfig, RenderConfig
+from renderer.errors import RendererError
+
+log = logging.getLogger(__name__)
+
+CKPT_META = "renderer.json"
+LORA_FILE = "lora.safetensors"
+ADAPTER_FILE = "adapter.safetensors"
+
+
+# --------------------------------------------------------------------------------------------- tiny components
+
+
+def build_tiny_tokenizer(max_length: int):
+    """A byte-level tokenizer with no merges (one token per UTF-8 byte, plus <pad> </s> <unk> <s>), built locally.
+
+    Deterministic, round-trips any text, needs no training and no hub; ``</s>`` is appended to every sequence
+    (CLIP pools at the eos token, T5 ends with it).
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "</s>", "<unk>", "<s>"]
+    vocab = {t: i for i, t in enumerate(specials + sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>", model_max_length=max_length
+    )
+
+
+def tiny_model_id(cfg: FluxConfig) -> str:
+    """An id naming the tiny architecture and its random init (a checkpoint is only valid on the same one)."""
+    keys = {k: v for k, v in to_dict(cfg).items() if k not in ("num_inference_steps", "guidance_scale", "cpu_offload")}
+    digest = hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:10]
+    return f"tiny-random-flux-fill/{digest}/seed{cfg.init_seed}"
+
+
+def _tiny_components(cfg: FluxConfig) -> dict[str, Any]:
+    """Every FluxFillPipeline component at toy size, random weights under ``torch.manual_seed(init_seed)``."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
+    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+
+    if sum(cfg.axes_dims_rope) != cfg.attention_head_dim:
+        raise RendererError(
+            f"flux.axes_dims_rope {cfg.axes_dims_rope} must sum to flux.attention_head_dim ({cfg.attention_head_dim})"
+        )
+    vae_scale = 2 ** (len(cfg.vae_block_out_channels) - 1)
+    packed = cfg.latent_channels * 4  # 2x2 latent patches packed into channels
+    tokenizer = build_tiny_tokenizer(cfg.clip_max_length)
+    tokenizer_2 = build_tiny_tokenizer(cfg.max_sequence_length)
+    vocab = len(tokenizer)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.init_seed)
+        # Fill input: noisy latents ‖ masked-image latents ‖ the mask packed (vae_scale^2 * 4 channels)
+        transformer = FluxTransformer2DModel(
+            patch_size=1,
+            in_channels=2 * packed + vae_scale * vae_scale * 4,
+            out_channels=packed,
+            num_layers=cfg.num_layers,
+            num_single_layers=cfg.num_single_layers,
+            attention_head_dim=cfg.attention_head_dim,
+            num_attention_heads=cfg.num_attention_heads,
+            joint_attention_dim=cfg.joint_attention_dim,
+            pooled_projection_dim=cfg.pooled_projection_dim,
+            axes_dims_rope=list(cfg.axes_dims_rope),
+            guidance_embeds=cfg.guidance_embeds,
+        )
+        torch.manual_seed(cfg.init_seed)
+        text_encoder = CLIPTextModel(
+            CLIPTextConfig(
+                vocab_size=vocab,
+                hidden_size=cfg.pooled_projection_dim,
+                intermediate_size=37,
+                num_attention_heads=4,
+                num_hidden_layers=cfg.text_layers,
+                max_position_embeddings=cfg.clip_max_length,
+                projection_dim=cfg.pooled_projection_dim,
+                hidden_act="gelu",
+                layer_norm_eps=1e-5,
+                bos_token_id=3,
+                eos_token_id=1,
+                pad_token_id=0,
+            )
+        )
+        torch.manual_seed(cfg.init_seed)
+        text_encoder_2 = T5EncoderModel(
+            T5Config(
+                vocab_size=vocab,
+                d_model=cfg.joint_attention_dim,
+                d_kv=8,
+                d_ff=37,
+                num_layers=cfg.text_layers,
+                num_heads=4,
+                relative_attention_num_buckets=8,
+                pad_token_id=0,
+                eos_token_id=1,
+                decoder_start_token_id=0,
+            )
+        )
+        torch.manual_seed(cfg.init_seed)
+        n = len(cfg.vae_block_out_channels)
+        vae = AutoencoderKL(
+            sample_size=32,
+            in_channels=3,
+            out_channels=3,
+            down_block_types=["DownEncoderBlock2D"] * n,
+            up_block_types=["UpDecoderBlock2D"] * n,
+            block_out_channels=list(cfg.vae_block_out_channels),
+            layers_per_block=1,
+            latent_channels=cfg.latent_channels,
+            norm_num_groups=1,
+            use_quant_conv=False,
+            use_post_quant_conv=False,
+            shift_factor=0.0609,
+            scaling_factor=1.5035,
+        )
+    return {
+        "scheduler": FlowMatchEulerDiscreteScheduler(),
+        "text_encoder": text_encoder.eval(),
+        "text_encoder_2": text_encoder_2.eval(),
+        "tokenizer": tokenizer,
+        "tokenizer_2": tokenizer_2,
+        "transformer": transformer,
+        "vae": vae.eval(),
+    }
+
+
+def build_pipeline(cfg: FluxConfig):
+    """A ``FluxFillPipeline``: toy components from config (``tiny``) or FLUX.1 Fill weights (``pretrained``)."""
+    from diffusers import FluxFillPipeline
+
+    dtype = torch.bfloat16 if cfg.dtype == "bf16" else torch.float32
+    if cfg.kind == "tiny":
+        pipe = FluxFillPipeline(**_tiny_components(cfg))
+        model_id = tiny_model_id(cfg)
+    else:
+        if not cfg.model:
+            raise RendererError("flux.kind=pretrained needs flux.model (a local FLUX.1-Fill-dev folder or hub id)")
+        try:
+            pipe = FluxFillPipeline.from_pretrained(cfg.model, torch_dtype=dtype)
+        except (OSError, ValueError) as e:
+            raise RendererError(f"cannot load FLUX.1 Fill from {cfg.model}: {str(e).splitlines()[0]}") from None
+        model_id = cfg.model
+    if cfg.cpu_offload and torch.cuda.is_available():
+        pipe.enable_model_cpu_offload()  # keeps one component on the GPU at a time (FLUX dev on one 80 GB GPU)
+    elif torch.cuda.is_available():
+        pipe.to("cuda")
+    pipe.set_progress_bar_config(disable=True)
+    pipe.model_id = model_id
+    return pipe
+
+
+def size_multiple(pipe) -> int:
+    """Panel sides must be multiples of this: the VAE's downscale times FLUX's 2x2 latent packing."""
+    return pipe.vae_scale_factor * 2
+
+
+def check_size(pipe, width: int, height: int) -> None:
+    m = size_multiple(pipe)
+    if width < m or height < m or width % m or height % m:
+        raise RendererError(
+            f"size {width}x{height} is not divisible by the model's patch size {m} (VAE x 2x2 packing)"
+        )
+
+
+# --------------------------------------------------------------------------------------------- the renderer
+
+
+class FluxRenderer:
+    """FluxFillPipeline + embedding adapter (+ a trained LoRA/adapter checkpoint) for a plan's visual space."""
+
+    def __init__(self, cfg: RenderConfig, space: VisualSpace, checkpoint: str | None = None):
+        self.cfg = cfg
+        self.pipe = build_pipeline(cfg.flux)
+        self.space = space
+        self.meta: dict[str, Any] = {}
+        joint = self.pipe.transformer.config.joint_attention_dim
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.flux.init_seed + 1)
+            self.adapter = EmbeddingAdapter(
+                space.dim, joint, cfg.adapter.num_tokens, cfg.adapter.hidden, zero_init=cfg.adapter.zero_init
+            )
+        self.adapter.to(self.pipe.transformer.device, self.pipe.transformer.dtype)
+        if checkpoint is not None:
+            self.meta = load_checkpoint(self, checkpoint)
+
+    @property
+    def model_id(self) -> str:
+        return self.pipe.model_id
+
+    def add_lora(self, seed: int = 0) -> None:
+        """Add a fresh peft LoRA (``cfg.lora``) to the transformer's attention projections.
+
+        The ``gaussian`` init draws lora_A from the RNG: it is seeded (``seed``) on a forked RNG, so two runs of
+        the same config start from the same LoRA (without it, resumed and uninterrupted runs could never match)
+        and the caller's global RNG stream is left untouched.
+        """
+        from peft import LoraConfig
+
+        lc = self.cfg.lora
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            self.pipe.transformer.add_adapter(
+                LoraConfig(
+                    r=lc.r,
+                    lora_alpha=lc.alpha,
+                    lora_dropout=lc.dropout,
+                    init_lora_weights="gaussian",
+                    target_modules=list(lc.target_modules),
+                )
+            )
+
+    def encode(self, prompts: Sequence[str], z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Tiled prompts (B) + embeddings ``z`` [B, G, dim] -> (prompt_embeds [B, L+G*M, C], pooled [B, P], txt_ids).
+
+        The text encoders are frozen (no grad); the adapter keeps its graph so training reaches it.
+        """
+        device = self.pipe.transformer.device
+        with torch.no_grad():
+            embeds, pooled, _ = self.pipe.encode_prompt(
+                prompt=list(prompts),
+                prompt_2=None,
+                device=device,
+                max_sequence_length=self.cfg.flux.max_sequence_length,
+            )
+        tokens = self.adapter(z.to(device, self.adapter.down.weight.dtype))
+        embeds, txt_ids = append_tokens(embeds, tokens)
+        return embeds, pooled, txt_ids
+
+    @torch.no_grad()
+    def render(
+        self,
+        context: Sequence[Image.Image],
+        captions: Sequence[str],
+        z: torch.Tensor,
+        seed: int,
+    ) -> Image.Image:
+        """One new keyframe: ``context`` keyframes (oldest first, 0..3), ``captions`` for context + new panel,
+        ``z`` [dim] the new step's visual embedding. Returns the generated panel (width x height RGB)."""
+        w, h = self.cfg.width, self.cfg.height
+        check_size(self.pipe, w, h)
+        canvas = make_canvas(context, 1, w, h)
+        prompt = tiled_caption(captions)
+        embeds, pooled, _ = self.encode([prompt], z.reshape(1, 1, -1))
+        out = self.pipe(
+            image=canvas.image,
+            mask_image=canvas.mask,
+            prompt_embeds=embeds,
+            pooled_prompt_embeds=pooled,
+            height=h,
+            width=canvas.image.width,
+            num_inference_steps=self.cfg.flux.num_inference_steps,
+            guidance_scale=self.cfg.flux.guidance_scale,
+            max_sequence_length=self.cfg.flux.max_sequence_length,
+            generator=torch.Generator("cpu").manual_seed(seed),
+        ).images[0]
+        return canvas.generated(out)[0]
+
+
+# --------------------------------------------------------------------------------------------- checkpoints
+
+
+def save_checkpoint(renderer: FluxRenderer, folder: Path, extra: dict[str, Any] | None = None) -> None:
+    """Write LoRA weights, adapter weights and ``renderer.json`` (space, base model, configs) into ``folder``."""
+    from peft.utils import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    lora = {
+        k: v.detach().to("cpu", torch.float32).contiguous()
+        for k, v in get_peft_model_state_dict(renderer.pipe.transformer).items()
+    }
+    save_file(lora, str(folder / LORA_FILE))
+    adapter = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in renderer.adapter.state_dict().items()}
+    save_file(
+        adapter, str(folder / ADAPTER_FILE), metadata={"space": renderer.space.name, "dim": str(renderer.space.dim)}
+    )
+    meta = {
+        "format": "renderer.checkpoint/1",
+        "base_model": renderer.model_id,
+        "space": renderer.space.to_json(),
+        "lora": to_dict(renderer.cfg.lora),
+        "adapter": to_dict(renderer.cfg.adapter),
+        **(extra or {}),
+    }
+    (folder / CKPT_META).write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def read_checkpoint_meta(folder: str | Path) -> dict[str, Any]:
+    folder = Path(folder)
+    path = folder / CKPT_META
+    if not path.is_file():
+        raise RendererError(
+            f"renderer checkpoint not found: {folder} (no {CKPT_META}; give RUN/final of `renderer train`)"
+        )
+    return json.loads(path.read_text())
+
+
+def load_checkpoint(renderer: FluxRenderer, folder: str | Path) -> dict[str, Any]:
+    """Load LoRA + adapter from ``folder`` into ``renderer``; the base model and visual space must match."""
+    from safetensors.torch import load_file
+
+    from auteur.config import from_dict
+    from renderer.config import AdapterConfig, LoraConfig
+
+    folder = Path(folder)
+    meta = read_checkpoint_meta(folder)
+    space = VisualSpace(meta["space"]["name"], int(meta["space"]["dim"]))
+    space.check_same(renderer.space, what=f"the plan's embeddings (checkpoint {folder})")
+    if meta["base_model"] != renderer.model_id:
+        raise RendererError(f"checkpoint {folder} was trained on {meta['base_model']}, not {renderer.model_id}")
+    renderer.cfg.lora = from_dict(LoraConfig, meta["lora"])
+    renderer.cfg.adapter = from_dict(AdapterConfig, meta["adapter"])
+    joint = renderer.pipe.transformer.config.joint_attention_dim
+    a = renderer.cfg.adapter
+    renderer.adapter = EmbeddingAdapter(space.dim, joint, a.num_tokens, a.hidden, zero_init=a.zero_init)
+    renderer.adapter.load_state_dict(load_file(str(folder / ADAPTER_FILE)))
+    renderer.adapter.to(renderer.pipe.transformer.device, renderer.pipe.transformer.dtype)
+    renderer.add_lora()
+    load_lora_state(renderer.pipe.transformer, load_file(str(folder / LORA_FILE)), folder)
+    return meta
+
+
+def load_lora_state(transformer, state: dict[str, torch.Tensor], where: str | Path) -> int:
+    """Load a saved LoRA state (peft's adapter-name-free keys) into ``transformer``; returns the tensors loaded.
+
+    Every LoRA tensor of the model must be set and every saved key used: a prefix or adapter-name mismatch
+    would otherwise load nothing silently (``set_peft_model_state_dict`` only reports, never raises).
+    """
+    from peft.utils import set_peft_model_state_dict
+
+    result = set_peft_model_state_dict(transformer, state)
+    unexpected = list(getattr(result, "unexpected_keys", None) or [])
+    missing = [k for k in getattr(result, "missing_keys", None) or [] if "lora_" in k]
+    if unexpected or missing:
+        first = (unexpected or missing)[0]
+        raise RendererError(
+            f"checkpoint {where}: LoRA keys do not fit the model ({len(unexpected)} unexpected, "
+            f"{len(missing)} missing, e.g. {first})"
+        )
+    log.debug("loaded %d LoRA tensors from %s", len(state), where)
+    return len(state)

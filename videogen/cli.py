@@ -1,0 +1,102 @@
+"""``videogen``: clips from a plan, one long video; robustness fine-tuning.
+
+    videogen generate PLAN_DIR [--preset default|tiny|paper|PATH] [--frames N] [--fps F] [--seed S]
+                      [--checkpoint RUN/final] [key=value ...]
+    videogen train --config tiny|paper|ablation-*|PATH data=COOKGEN_DIR[,DIR] out=RUN_DIR [key=value ...]
+    videogen presets
+
+The ``default`` preset makes an *animatic* from the keyframes (no video weights exist offline); ``tiny`` runs
+the real Wan 2.1 I2V code at toy size with random weights; ``paper`` loads a local Wan 2.1 I2V checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+from auteur.cliutil import ArgumentParser, UsageError, run_cli, setup_logging
+from auteur.config import list_presets, load_config
+from videogen.config import PRESETS, VideogenConfig
+
+log = logging.getLogger(__name__)
+
+
+def _parser() -> ArgumentParser:
+    p = ArgumentParser(prog="videogen", description="Clips conditioned on the director's embeddings; one long video.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
+    g = sub.add_parser("generate", help="one clip per plan step, then the long video (into the plan folder)")
+    g.add_argument("plan", type=Path)
+    g.add_argument("--preset", default="default")
+    g.add_argument("--frames", type=int, help="frames per clip (Wan: 4k+1; animatic: instead of step_seconds)")
+    g.add_argument("--fps", type=float)
+    g.add_argument("--seed", type=int)
+    g.add_argument("--checkpoint", help="a trained videogen folder (RUN/final)")
+    g.add_argument("--no-progress", action="store_true")
+    g.add_argument("overrides", nargs="*", metavar="key=value")
+    t = sub.add_parser("train", help="LoRA + projector fine-tuning with the embedding regularisers")
+    t.add_argument("--config", default="tiny")
+    t.add_argument("--no-progress", action="store_true")
+    t.add_argument("overrides", nargs="*", metavar="key=value", help="data=DIR out=RUN_DIR train.max_steps=...")
+    sub.add_parser("presets", help="list the presets")
+    return p
+
+
+def _generate(args) -> int:
+    from videogen.generate import generate
+
+    cfg = load_config(VideogenConfig, args.preset, args.overrides, preset_dir=PRESETS)
+    if args.fps is not None:
+        cfg.fps = args.fps
+    if args.seed is not None:
+        cfg.seed = args.seed
+    if args.checkpoint is not None:
+        cfg.checkpoint = args.checkpoint
+    if args.frames is not None:
+        if args.frames < 1:
+            raise UsageError(f"--frames must be >= 1, got {args.frames}")
+        cfg.frames = args.frames
+        if cfg.backend == "animatic":
+            cfg.animatic.step_seconds = args.frames / cfg.fps
+    res = generate(args.plan, cfg, preset=str(args.preset), progress=not args.no_progress)
+    kind = "animatic (keyframes with pan/zoom; not a generated video)" if cfg.backend == "animatic" else cfg.backend
+    print(
+        f"{len(res.plan.steps)} clips ({len(res.generated)} made, {len(res.skipped)} kept) -> {args.plan / 'clips'}\n"
+        f"video: {res.video} ({res.duration:.2f} s, {kind}); captions: {res.captions}"
+    )
+    if res.plan.provenance.get("videogen", {}).get("note"):
+        print("note: " + res.plan.provenance["videogen"]["note"])
+    return 0
+
+
+def _train(args) -> int:
+    from videogen.train import train
+
+    cfg = load_config(VideogenConfig, args.config, args.overrides, preset_dir=PRESETS)
+    final = train(cfg, progress=not args.no_progress)
+    print(f"trained videogen (LoRA + projector) -> {final}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    def body() -> int:
+        parser = _parser()
+        args, extra = parser.parse_known_args(argv)
+        # key=value overrides may also follow the options (argparse stops filling positionals at an option)
+        if extra and all("=" in x and not x.startswith("-") for x in extra) and hasattr(args, "overrides"):
+            args.overrides = [*args.overrides, *extra]
+        elif extra:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        setup_logging()
+        if args.command == "generate":
+            return _generate(args)
+        if args.command == "train":
+            return _train(args)
+        print("\n".join(list_presets(PRESETS)))
+        return 0
+
+    return run_cli(body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

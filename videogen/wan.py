@@ -1,0 +1,278 @@
+"""Wan 2.1 image-to-video, conditioned on the director's embeddings (VideoAuteur §4.3).
+
+The diffusers :class:`~diffusers.WanImageToVideoPipeline` takes the first frame (``image``: the step's
+keyframe, VAE-encoded into the conditioning latents) and ``image_embeds`` (image tokens for the transformer's
+image cross-attention). Here ``image_embeds`` come from the :class:`~videogen.projector.EmbeddingProjector`
+applied to the director's visual state of the step, and the prompt is the step's caption.
+
+Components:
+
+- ``tiny`` (tests): the real classes built from config at toy sizes after ``torch.manual_seed(0)``, as
+  diffusers' ``tests/pipelines/wan/test_wan_image_to_video.py`` ``get_dummy_components`` does; the tokenizer is
+  a byte-level tokenizer built locally (nothing is fetched). Random weights: what they generate means nothing.
+- ``pretrained`` (paper): a diffusers-layout Wan 2.1 I2V checkpoint from a local folder (``wan.model_id``).
+
+Prompts are encoded here (as the pipeline's ``_get_t5_prompt_embeds`` does) and passed as ``prompt_embeds``,
+so the pipeline's text cleaning (which needs ``ftfy``) is not involved.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from auteur.config import to_dict
+from auteur.io import atomic_dir
+from auteur.plan import VisualSpace
+from videogen.config import LoraConfig, VideogenConfig, WanConfig
+from videogen.errors import VideogenError
+from videogen.projector import EmbeddingProjector
+
+log = logging.getLogger(__name__)
+
+CKPT_FORMAT = "videogen/1"
+CKPT_META = "videogen.json"
+PROJECTOR_FILE = "projector.safetensors"
+LORA_FILE = "lora.safetensors"
+VAE_TEMPORAL = 4  # Wan's VAE compresses 4 frames into one latent frame after the first
+
+
+def _pipeline_class():
+    from diffusers import WanImageToVideoPipeline
+
+    class EmbeddingWanI2VPipeline(WanImageToVideoPipeline):
+        """Wan I2V that takes the first frame *and* precomputed ``image_embeds``.
+
+        diffusers' ``check_inputs`` refuses ``image`` together with ``image_embeds``, yet ``__call__`` needs
+        ``image`` for the first-frame latents either way; only that one check is relaxed here.
+        """
+
+        def check_inputs(self, prompt, negative_prompt, image, height, width, prompt_embeds=None,
+                         negative_prompt_embeds=None, image_embeds=None, callback_on_step_end_tensor_inputs=None,
+                         guidance_scale_2=None):  # fmt: skip
+            if image is None:
+                raise ValueError("EmbeddingWanI2VPipeline needs the first frame (`image`)")
+            return super().check_inputs(prompt, negative_prompt, image, height, width, prompt_embeds,
+                                        negative_prompt_embeds, None, callback_on_step_end_tensor_inputs,
+                                        guidance_scale_2)  # fmt: skip
+
+    return EmbeddingWanI2VPipeline
+
+
+def check_frames(frames: int) -> None:
+    """Wan's VAE takes ``4k + 1`` frames; raise VideogenError otherwise."""
+    if frames < 1 or (frames - 1) % VAE_TEMPORAL != 0:
+        lo = max(1, (frames - 1) // VAE_TEMPORAL * VAE_TEMPORAL + 1)
+        raise VideogenError(
+            f"Wan cannot generate {frames} frames: its VAE needs (frames - 1) divisible by {VAE_TEMPORAL} "
+            f"(e.g. {lo} or {lo + VAE_TEMPORAL})"
+        )
+
+
+def build_byte_tokenizer():
+    """A byte-level tokenizer built locally (no merges, so no training): ``<pad>``=0, ``</s>``=1, ``<unk>``=2."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "</s>", "<unk>"]
+    vocab = {t: i for i, t in enumerate(specials)}
+    for ch in sorted(pre_tokenizers.ByteLevel.alphabet()):
+        vocab[ch] = len(vocab)
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+
+
+def build_components(cfg: WanConfig) -> dict[str, Any]:
+    """The pipeline's components: ``tiny`` from config (seeded), or ``pretrained`` from a local folder."""
+    from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanTransformer3DModel
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    if cfg.source == "pretrained":
+        from transformers import AutoTokenizer
+
+        if not cfg.model_id:
+            raise VideogenError("wan.source=pretrained needs wan.model_id (a local diffusers Wan 2.1 I2V folder)")
+        kw = {"local_files_only": True}
+        try:
+            return {
+                "tokenizer": AutoTokenizer.from_pretrained(cfg.model_id, subfolder="tokenizer", **kw),
+                "text_encoder": UMT5EncoderModel.from_pretrained(cfg.model_id, subfolder="text_encoder", **kw),
+                "vae": AutoencoderKLWan.from_pretrained(cfg.model_id, subfolder="vae", **kw),
+                "transformer": WanTransformer3DModel.from_pretrained(cfg.model_id, subfolder="transformer", **kw),
+                "scheduler": FlowMatchEulerDiscreteScheduler.from_pretrained(cfg.model_id, subfolder="scheduler"),
+            }
+        except (OSError, ValueError) as e:
+            raise VideogenError(f"cannot load Wan from {cfg.model_id}: {str(e).splitlines()[0]}") from None
+    torch.manual_seed(0)
+    vae = AutoencoderKLWan(
+        base_dim=cfg.vae_base_dim,
+        z_dim=16,
+        dim_mult=[1, 1, 1, 1],
+        num_res_blocks=1,
+        temperal_downsample=[False, True, True],
+    ).eval()
+    tokenizer = build_byte_tokenizer()
+    torch.manual_seed(0)
+    text_encoder = UMT5EncoderModel(
+        UMT5Config(
+            vocab_size=len(tokenizer),
+            d_model=cfg.text_dim,
+            d_kv=8,
+            d_ff=2 * cfg.text_dim,
+            num_layers=cfg.text_layers,
+            num_heads=4,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            dropout_rate=0.0,
+        )
+    ).eval()  # frozen: a module built from config starts in train mode, and T5's dropout would draw from the RNG
+    torch.manual_seed(0)
+    transformer = WanTransformer3DModel(
+        patch_size=(1, 2, 2),
+        num_attention_heads=cfg.num_attention_heads,
+        attention_head_dim=cfg.attention_head_dim,
+        in_channels=36,  # 16 noisy latents + 4 mask + 16 first-frame latents
+        out_channels=16,
+        text_dim=cfg.text_dim,
+        freq_dim=256,
+        ffn_dim=cfg.ffn_dim,
+        num_layers=cfg.num_layers,
+        cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads",
+        rope_max_seq_len=32,
+        image_dim=cfg.image_dim,
+    )
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=cfg.flow_shift)
+    return {"tokenizer": tokenizer, "text_encoder": text_encoder, "vae": vae, "transformer": transformer,
+            "scheduler": scheduler}  # fmt: skip
+
+
+def encode_prompts(tokenizer, text_encoder, texts: list[str], max_len: int) -> torch.Tensor:
+    """T5/UMT5 prompt embeddings as Wan expects them: [B, max_len, text_dim], zero past each prompt's tokens."""
+    enc = tokenizer(texts, padding="max_length", max_length=max_len, truncation=True, return_tensors="pt")
+    with torch.no_grad():
+        hidden = text_encoder(enc.input_ids, enc.attention_mask).last_hidden_state
+    return hidden * enc.attention_mask[..., None].to(hidden.dtype)
+
+
+def add_lora(transformer, cfg: LoraConfig) -> None:
+    """Attach a peft LoRA adapter to the transformer (only the adapter's weights train)."""
+    from peft import LoraConfig as PeftLoraConfig
+
+    transformer.requires_grad_(False)
+    transformer.add_adapter(
+        PeftLoraConfig(
+            r=cfg.r,
+            lora_alpha=cfg.alpha,
+            lora_dropout=cfg.dropout,
+            target_modules=list(cfg.target_modules),
+            init_lora_weights=True,
+        )  # fmt: skip
+    )
+
+
+def lora_state(transformer) -> dict[str, torch.Tensor]:
+    from peft.utils import get_peft_model_state_dict
+
+    return {k: v.detach().contiguous().cpu() for k, v in get_peft_model_state_dict(transformer).items()}
+
+
+def save_videogen_checkpoint(folder: Path, transformer, projector: EmbeddingProjector, cfg: VideogenConfig,
+                             space: VisualSpace, **meta: Any) -> Path:  # fmt: skip
+    """Write what training changes (LoRA, projector) and what it needs to be rebuilt into ``folder``."""
+    from safetensors.torch import save_file
+
+    with atomic_dir(folder) as tmp:
+        save_file(lora_state(transformer), str(tmp / LORA_FILE))
+        save_file(
+            {k: v.detach().contiguous().cpu() for k, v in projector.state_dict().items()}, str(tmp / PROJECTOR_FILE)
+        )
+        info = {"format": CKPT_FORMAT, "space": space.to_json(), "wan": to_dict(cfg.wan),
+                "projector": to_dict(cfg.projector), "lora": to_dict(cfg.lora), **meta}  # fmt: skip
+        (tmp / CKPT_META).write_text(json.dumps(info, indent=2) + "\n")
+    return folder
+
+
+def read_checkpoint_meta(folder: str | Path) -> dict[str, Any]:
+    folder = Path(folder)
+    path = folder / CKPT_META
+    if not path.is_file():
+        raise VideogenError(f"videogen checkpoint not found: {folder} (no {CKPT_META} in it)")
+    meta = json.loads(path.read_text())
+    if meta.get("format") != CKPT_FORMAT:
+        raise VideogenError(f"{path}: unsupported format {meta.get('format')!r}")
+    for f in (PROJECTOR_FILE, LORA_FILE):
+        if not (folder / f).is_file():
+            raise VideogenError(f"videogen checkpoint {folder} is incomplete: {f} missing")
+    return meta
+
+
+class WanGenerator:
+    """Clips from (keyframe, caption, embedding): Wan I2V + the embedding projector (+ a trained checkpoint)."""
+
+    def __init__(self, cfg: VideogenConfig, space: VisualSpace):
+        from safetensors.torch import load_file
+
+        from auteur.config import from_dict
+
+        self.cfg = cfg
+        meta = None
+        if cfg.checkpoint:
+            meta = read_checkpoint_meta(cfg.checkpoint)
+            space.check_same(VisualSpace(meta["space"]["name"], int(meta["space"]["dim"])), what="plan embeddings")
+            # the checkpoint's model and projector shapes win over the preset's
+            cfg.wan = from_dict(WanConfig, {**to_dict(cfg.wan), **meta["wan"], "source": cfg.wan.source,
+                                            "model_id": cfg.wan.model_id})  # fmt: skip
+            cfg.projector = from_dict(type(cfg.projector), meta["projector"])
+            cfg.lora = from_dict(LoraConfig, meta["lora"])
+        comps = build_components(cfg.wan)
+        self.tokenizer, self.text_encoder = comps["tokenizer"], comps["text_encoder"]
+        image_dim = comps["transformer"].config.image_dim
+        if image_dim is None:
+            raise VideogenError("this Wan transformer takes no image embeddings (not a Wan 2.1 I2V model)")
+        torch.manual_seed(cfg.seed)
+        self.projector = EmbeddingProjector(space.dim, image_dim, cfg.projector.num_tokens, cfg.projector.hidden)
+        self.trained = meta is not None
+        if meta is not None:
+            from peft.utils import set_peft_model_state_dict
+
+            add_lora(comps["transformer"], cfg.lora)
+            set_peft_model_state_dict(comps["transformer"], load_file(str(Path(cfg.checkpoint) / LORA_FILE)))
+            self.projector.load_state_dict(load_file(str(Path(cfg.checkpoint) / PROJECTOR_FILE)))
+        self.pipe = _pipeline_class()(image_processor=None, image_encoder=None, **comps)
+        self.pipe.set_progress_bar_config(disable=True)
+        self.projector.eval()
+        self.model_id = cfg.wan.model_id if cfg.wan.source == "pretrained" else "wan2.1-i2v-tiny-random"
+
+    @torch.no_grad()
+    def clip(self, keyframe: Image.Image, caption: str, embedding: torch.Tensor, frames: int, seed: int) -> np.ndarray:
+        """One clip: [frames, H, W, 3] uint8 RGB; ``embedding``: [dim] (the step's visual state)."""
+        check_frames(frames)
+        w = self.cfg.wan
+        prompt = encode_prompts(self.tokenizer, self.text_encoder, [caption], w.max_sequence_length)
+        negative = encode_prompts(self.tokenizer, self.text_encoder, [""], w.max_sequence_length)
+        image_embeds = self.projector(embedding[None].float())
+        out = self.pipe(
+            image=keyframe.convert("RGB").resize((w.width, w.height), Image.Resampling.BICUBIC),
+            prompt_embeds=prompt,
+            negative_prompt_embeds=negative,
+            image_embeds=image_embeds,
+            height=w.height,
+            width=w.width,
+            num_frames=frames,
+            num_inference_steps=w.num_inference_steps,
+            guidance_scale=w.guidance_scale,
+            generator=torch.Generator().manual_seed(seed),
+            output_type="np",
+            max_sequence_length=w.max_sequence_length,
+        ).frames[0]
+        return (np.clip(out, 0, 1) * 255 + 0.5).astype(np.uint8)
