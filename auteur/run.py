@@ -1,6 +1,6 @@
 """``auteur run``: the whole pipeline in one command, each stage resumable.
 
-    auteur run "how to cook a tuna sandwich" --out RUN [--preset default|tiny] [--director-preset P]
+    auteur run "how to cook a tuna sandwich" --out RUN --bank BANK [--preset default|tiny] [--director-preset P]
                [--renderer-preset P] [--videogen-preset P] [--seed S]
 
 Stages, each run as its package's console script in a subprocess (stage packages never import each other;
@@ -81,6 +81,7 @@ class RunConfig:
     videogen_preset: str | None = None
     seed: int = 0
     steps: int | None = None
+    bank: Path | None = None  # frame bank of the retrieval renderer (the default renderer preset)
 
     def stage_preset(self, stage: str) -> str:
         given = getattr(self, f"{stage}_preset")
@@ -133,6 +134,14 @@ def run(cfg: RunConfig, commands: StageCommands | None = None) -> dict[str, Any]
         raise RunError('the query is empty: give what to make, e.g. "how to cook a tuna sandwich"')
     if cfg.preset not in RUN_PRESETS:
         raise RunError(f"unknown run preset '{cfg.preset}' (known: {', '.join(RUN_PRESETS)})")
+    if cfg.stage_preset("renderer") == "default":
+        if cfg.bank is None:
+            raise RunError(
+                "the default renderer retrieves keyframes from a frame bank: build one with `renderer bank build "
+                "CLIPS_DIR --out runs/bank` (e.g. from ../shared/data/videoauteur_demos) and pass --bank runs/bank"
+            )
+        if not (Path(cfg.bank) / "bank.json").is_file():
+            raise RunError(f"--bank {cfg.bank} is not a frame bank (no bank.json); build one with `renderer bank build`")
     out = ensure_writable_dir(cfg.out)
     plan_dir = out / PLAN_DIR
     record_path = out / RUN_FILE
@@ -148,7 +157,8 @@ def run(cfg: RunConfig, commands: StageCommands | None = None) -> dict[str, Any]
         ("director", _plan_done, lambda: ["plan", cfg.query, "--preset", presets["director"], "--out",
                                           str(plan_dir), "--seed", str(cfg.seed)]
                                          + (["--steps", str(cfg.steps)] if cfg.steps else [])),
-        ("renderer", _keyframes_done, lambda: ["render", str(plan_dir), "--preset", presets["renderer"]]),
+        ("renderer", _keyframes_done, lambda: ["render", str(plan_dir), "--preset", presets["renderer"]]
+                                              + (["--bank", str(cfg.bank)] if cfg.bank else [])),
         ("videogen", _video_done, lambda: ["generate", str(plan_dir), "--preset", presets["videogen"], "--seed",
                                            str(cfg.seed), "--no-progress"]),
     ]  # fmt: skip
@@ -182,6 +192,7 @@ def add_parser(sub) -> None:
     r.add_argument("--videogen-preset")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--steps", type=int, help="number of plan steps (default: the director decides)")
+    r.add_argument("--bank", type=Path, help="frame bank for the default (retrieval) renderer: `renderer bank build`")
 
 
 def main_run(args) -> int:
@@ -195,6 +206,7 @@ def main_run(args) -> int:
         videogen_preset=args.videogen_preset,
         seed=args.seed,
         steps=args.steps,
+        bank=args.bank,
     )
     record = run(cfg)
     from auteur.plan import load_plan

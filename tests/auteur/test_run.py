@@ -54,7 +54,13 @@ def test_run_orchestrates_and_resumes_stage_by_stage(tmp_path, capsys):
 def test_run_reports_a_failing_stage_in_one_line(tmp_path, capsys):
     assert auteur(["run", "  ", "--out", str(tmp_path / "r")]) == 2
     assert "query is empty" in capsys.readouterr().err
-    cfg = RunConfig(query="how to make toast", out=tmp_path / "r2", director_preset="no-such-preset")
+    assert auteur(["run", "how to make toast", "--out", str(tmp_path / "r1")]) == 2  # default renderer, no bank
+    assert "frame bank" in capsys.readouterr().err and not (tmp_path / "r1").exists()
+    assert auteur(["run", "how to make toast", "--out", str(tmp_path / "r1"), "--bank", str(tmp_path)]) == 2
+    assert "not a frame bank" in capsys.readouterr().err and not (tmp_path / "r1").exists()
+    cfg = RunConfig(
+        query="how to make toast", out=tmp_path / "r2", director_preset="no-such-preset", renderer_preset="tiny"
+    )
     with pytest.raises(RunError, match=r"stage director failed \(exit 2\): unknown preset 'no-such-preset'"):
         run(cfg)
     assert not (tmp_path / "r2" / "plan").exists()
@@ -73,3 +79,30 @@ def test_auteur_run_end_to_end_with_the_renderer(tmp_path, capsys):
     assert all(s.keyframe and s.clip for s in plan.steps)
     assert probe(out / "plan" / "video.mp4").num_frames == 8 * len(plan.steps)
     assert "storyboard" in capsys.readouterr().out and (out / "storyboard.html").is_file()
+
+
+def test_auteur_run_default_offline(tmp_path, capsys):
+    """The offline default end to end: the trained default director, retrieval from a real frame bank, animatic."""
+    from pathlib import Path
+
+    demos = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "videoauteur_demos"
+    if not demos.is_dir():
+        pytest.skip(f"{demos} not found: the default run needs real clips for its frame bank")
+    from renderer.cli import main as renderer
+
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    for i in (1, 2, 3):  # three real step clips make a small bank (15 frames)
+        (clips / f"{i}.mp4").symlink_to(demos / "Language_Centric" / "BLT_Sandwich" / f"{i}.mp4")
+    assert renderer(["bank", "build", str(clips), "--out", str(tmp_path / "bank"), "--no-progress"]) == 0
+    vg = tmp_path / "small.yaml"
+    vg.write_text(SMALL_VIDEOGEN)
+    out = tmp_path / "run"
+    argv = ["run", "how to cook a tuna sandwich", "--out", str(out), "--bank", str(tmp_path / "bank"),
+            "--videogen-preset", str(vg), "--steps", "2"]  # fmt: skip
+    assert auteur(argv) == 0, capsys.readouterr().err
+    plan = load_plan(out / "plan")
+    assert len(plan.steps) == 2 and plan.provenance["renderer"]["kind"] == "retrieval"
+    assert all(s.keyframe and s.clip and s.action.strip() for s in plan.steps)
+    assert probe(out / "plan" / "video.mp4").num_frames == 8 * 2
+    assert "animatic" in capsys.readouterr().out
