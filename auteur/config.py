@@ -76,7 +76,9 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
     if origin in (list, tuple):
         if isinstance(value, _Raw):
             # "a,b" on the command line is a list too (paths rarely parse as YAML lists)
-            value = yaml.safe_load(value) if value.lstrip().startswith("[") else [_Raw(v) for v in value.split(",") if v]
+            value = (
+                yaml.safe_load(value) if value.lstrip().startswith("[") else [_Raw(v) for v in value.split(",") if v]
+            )
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"config key '{key}': expected a list, got {type(value).__name__} {value!r}")
         args = get_args(tp)

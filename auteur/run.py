@@ -141,7 +141,9 @@ def run(cfg: RunConfig, commands: StageCommands | None = None) -> dict[str, Any]
                 "CLIPS_DIR --out runs/bank` (e.g. from ../shared/data/videoauteur_demos) and pass --bank runs/bank"
             )
         if not (Path(cfg.bank) / "bank.json").is_file():
-            raise RunError(f"--bank {cfg.bank} is not a frame bank (no bank.json); build one with `renderer bank build`")
+            raise RunError(
+                f"--bank {cfg.bank} is not a frame bank (no bank.json); build one with `renderer bank build`"
+            )
     out = ensure_writable_dir(cfg.out)
     plan_dir = out / PLAN_DIR
     record_path = out / RUN_FILE
