@@ -134,6 +134,10 @@ def run(cfg: RunConfig, commands: StageCommands | None = None) -> dict[str, Any]
         raise RunError('the query is empty: give what to make, e.g. "how to cook a tuna sandwich"')
     if cfg.preset not in RUN_PRESETS:
         raise RunError(f"unknown run preset '{cfg.preset}' (known: {', '.join(RUN_PRESETS)})")
+    if (Path(cfg.out) / RUN_FILE).is_file():
+        old = json.loads((Path(cfg.out) / RUN_FILE).read_text())
+        if old.get("query") != cfg.query:
+            raise RunError(f"{cfg.out} holds a run for another query ({old.get('query')!r}); use another --out")
     if cfg.stage_preset("renderer") == "default":
         if cfg.bank is None:
             raise RunError(
@@ -147,10 +151,6 @@ def run(cfg: RunConfig, commands: StageCommands | None = None) -> dict[str, Any]
     out = ensure_writable_dir(cfg.out)
     plan_dir = out / PLAN_DIR
     record_path = out / RUN_FILE
-    if record_path.is_file():
-        old = json.loads(record_path.read_text())
-        if old.get("query") != cfg.query:
-            raise RunError(f"{out} holds a run for another query ({old.get('query')!r}); use another --out")
     presets = {s: cfg.stage_preset(s) for s in ("director", "renderer", "videogen")}
     record: dict[str, Any] = {"query": cfg.query, "preset": cfg.preset, "presets": presets, "seed": cfg.seed,
                               "stages": {}}  # fmt: skip

@@ -41,6 +41,9 @@ class TrainConfig:
     eval_every: int = 50
     log_every: int = 10
     threads: int = 0  # torch CPU threads (0: torch's default)
+    # start from a trained director (its adapter, queries, head, projector; same base model and visual space);
+    # the optimizer and schedule start fresh
+    init_from: str | None = None
 
 
 @dataclass

@@ -28,12 +28,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from auteur.config import save_config, to_dict
+from auteur.config import from_dict, save_config, to_dict
 from auteur.io import atomic_dir, atomic_path, clean_stale_temporaries, ensure_writable_dir
 from auteur.plan import VisualSpace
 from director.backbone import DirectorError
-from director.checkpoint import ADAPTER, EXTRA, build_director, save_checkpoint
-from director.config import DirectorConfig
+from director.checkpoint import ADAPTER, EXTRA, build_director, load_checkpoint_into, read_meta, save_checkpoint
+from director.config import DirectorConfig, ModelConfig
 from director.data import (
     SequenceBuilder,
     collate,
@@ -170,6 +170,17 @@ def train(cfg: DirectorConfig, stop_after: int | None = None, progress: bool = T
     # 1. model and data
     space = resolve_space(cfg)
     director, backbone, _ = build_director(cfg.backbone, cfg.model, space, checkpoint=None, seed=cfg.seed)
+    if cfg.train.init_from:
+        init = read_meta(cfg.train.init_from)
+        if init["base_model_id"] != backbone.model_id:
+            raise DirectorError(
+                f"train.init_from {cfg.train.init_from} was trained on {init['base_model_id']}, "
+                f"not on the configured backbone {backbone.model_id}"
+            )
+        VisualSpace(init["space"]["name"], int(init["space"]["dim"])).check_same(space, "the data's visual states")
+        if from_dict(ModelConfig, init["model"]) != cfg.model:
+            raise DirectorError(f"train.init_from {cfg.train.init_from} has another model config than this run")
+        load_checkpoint_into(director, cfg.train.init_from)
     builder = SequenceBuilder(backbone.tokenizer, director.image_block_ids(), cfg.model.order, cfg.dataset.max_tokens)
     train_samples = _load_samples(cfg, builder, space, cfg.dataset.train_split)
     if cfg.dataset.visual_repeat > 1:
@@ -198,8 +209,6 @@ def train(cfg: DirectorConfig, stop_after: int | None = None, progress: bool = T
     step = 0
     ckpt = _latest_checkpoint(run) if cfg.resume == "auto" else None
     if ckpt is not None:
-        from director.checkpoint import load_checkpoint_into
-
         load_checkpoint_into(director, ckpt)
         optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=False))
         scheduler.load_state_dict(torch.load(ckpt / "scheduler.pt", weights_only=False))
