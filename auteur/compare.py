@@ -99,6 +99,7 @@ class CompareConfig:
     judge: str | None = None
     judge_dimensions: list[str] = field(default_factory=lambda: ["NQ", "SC", "PFA", "ShotD", "SceneD"])
     judge_retries: int = 2
+    judge_rubrics: str | None = None  # YAML {NQ: text, ...} replacing the shipped paraphrased rubrics
 
 
 # --------------------------------------------------------------------------------------------- systems
@@ -480,8 +481,9 @@ def compare(cfg: CompareConfig, prompts: str, systems: list[SystemSpec], out: st
 
 def run_judge(cfg: CompareConfig, items: list[PromptItem], systems: list[SystemSpec], out: Path) -> list[dict]:
     """The StoryAnchors pairwise protocol on every pair of systems and every item both finished."""
-    from auteur.judge import JudgeCache, Story, judge_pair, make_judge
+    from auteur.judge import JudgeCache, Story, judge_pair, load_rubrics, make_judge
 
+    rubrics = load_rubrics(cfg.judge_rubrics)
     judge = make_judge(cfg.judge or "")
     cache = JudgeCache(out / "judge_cache")
     records = []
@@ -499,7 +501,7 @@ def run_judge(cfg: CompareConfig, items: list[PromptItem], systems: list[SystemS
                 if not stories[0].frames or not stories[1].frames:
                     continue
                 for r in judge_pair(judge, cache, it.prompt, stories[0], stories[1], cfg.judge_dimensions,
-                                    cfg.judge_retries):  # fmt: skip
+                                    cfg.judge_retries, rubrics):  # fmt: skip
                     r["item"] = it.id
                     records.append(r)
     with (out / "judge.jsonl.tmp").open("w", encoding="utf-8") as f:

@@ -13,7 +13,8 @@ cannot be parsed is re-asked up to ``retries`` times with a reminder of the answ
 be parsed the outcome is recorded as ``unparseable`` (and left out of the win/tie/loss counts), never guessed.
 
 The rubric texts below are this project's paraphrase of the paper's appendix criteria (the exact appendix
-wording was not available offline); they keep each dimension's definition and the three-way answer.
+wording was not available offline); they keep each dimension's definition and the three-way answer. A YAML
+file given as ``judge_rubrics`` (:func:`load_rubrics`) replaces them, e.g. with the appendix's exact text.
 
 Judges (:class:`Judge`): :class:`OpenAIJudge` for any OpenAI-compatible chat endpoint (``AUTEUR_JUDGE_URL``,
 ``AUTEUR_JUDGE_MODEL``, ``AUTEUR_JUDGE_API_KEY``; plain ``urllib``), and :class:`LocalVLMJudge` for a
@@ -256,10 +257,42 @@ class OrderVerdict:
     calls: int
 
 
-def judge_one_order(judge: Judge, cache: JudgeCache, prompt: str, first: Story, second: Story,
-                    dimension: str, retries: int = 2) -> tuple[str | None, list[str], int]:  # fmt: skip
+def load_rubrics(path: str | Path | None) -> dict[str, tuple[str, str]]:
+    """The rubrics: :data:`RUBRICS`, with the texts of a YAML file (``{NQ: "...", SC: "...", ...}``) replacing
+    the dimensions it names — e.g. the exact wording of the paper's appendix, which this project does not ship."""
+    rubrics = dict(RUBRICS)
+    if path is None:
+        return rubrics
+    import yaml
+
+    p = Path(path)
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as e:
+        raise JudgeError(f"cannot read judge rubrics {p}: {str(e).splitlines()[0]}") from None
+    if not isinstance(data, dict) or not data:
+        raise JudgeError(f"judge rubrics {p} must map dimensions ({', '.join(DIMENSIONS)}) to rubric texts")
+    for dim, text in data.items():
+        if dim not in RUBRICS:
+            raise JudgeError(f"judge rubrics {p}: unknown dimension {dim!r}; choose from {', '.join(DIMENSIONS)}")
+        if not isinstance(text, str) or not text.strip():
+            raise JudgeError(f"judge rubrics {p}: the rubric of {dim} must be a non-empty text")
+        rubrics[dim] = (RUBRICS[dim][0], text.strip())
+    return rubrics
+
+
+def judge_one_order(
+    judge: Judge,
+    cache: JudgeCache,
+    prompt: str,
+    first: Story,
+    second: Story,
+    dimension: str,
+    retries: int = 2,
+    rubrics: dict[str, tuple[str, str]] | None = None,
+) -> tuple[str | None, list[str], int]:
     """Run the three rounds with ``first`` as Story 1; return ('1' | '2' | 'tie' | None, replies, new calls)."""
-    name, rubric = RUBRICS[dimension]
+    name, rubric = (rubrics or RUBRICS)[dimension]
     system = {
         "role": "system",
         "content": [_text("You are an expert judge of visual stories generated from text prompts.")],
@@ -289,15 +322,16 @@ def judge_one_order(judge: Judge, cache: JudgeCache, prompt: str, first: Story, 
 
 
 def judge_pair(judge: Judge, cache: JudgeCache, prompt: str, a: Story, b: Story,
-               dimensions: Sequence[str] = DIMENSIONS, retries: int = 2) -> list[dict[str, Any]]:  # fmt: skip
+               dimensions: Sequence[str] = DIMENSIONS, retries: int = 2,
+               rubrics: dict[str, tuple[str, str]] | None = None) -> list[dict[str, Any]]:  # fmt: skip
     """Judge A against B in both orders on each dimension; one record per dimension with ``outcome`` for A:
     'win' (both orders prefer A), 'loss' (both prefer B), 'tie' (anything else) or 'unparseable'."""
     records = []
     for dim in dimensions:
         if dim not in RUBRICS:
             raise JudgeError(f"unknown judge dimension {dim!r}; choose from {', '.join(DIMENSIONS)}")
-        ab, r_ab, c1 = judge_one_order(judge, cache, prompt, a, b, dim, retries)
-        ba, r_ba, c2 = judge_one_order(judge, cache, prompt, b, a, dim, retries)
+        ab, r_ab, c1 = judge_one_order(judge, cache, prompt, a, b, dim, retries, rubrics)
+        ba, r_ba, c2 = judge_one_order(judge, cache, prompt, b, a, dim, retries, rubrics)
         # map each order's '1'/'2' to systems
         pref_ab = {"1": "A", "2": "B", "tie": "tie", None: None}[ab]
         pref_ba = {"1": "B", "2": "A", "tie": "tie", None: None}[ba]

@@ -154,3 +154,28 @@ def test_openai_judge_speaks_the_chat_completions_protocol(monkeypatch):
     monkeypatch.delenv("AUTEUR_JUDGE_URL")
     with pytest.raises(JudgeError, match="AUTEUR_JUDGE_URL"):
         OpenAIJudge()
+
+
+def test_rubrics_file_replaces_the_shipped_texts(stories, tmp_path):
+    from auteur.judge import RUBRICS, load_rubrics
+
+    (a, b), owner = stories
+    path = tmp_path / "rubrics.yaml"
+    path.write_text("NQ: Which story has the better plot, exactly as the appendix says?\n")
+    rubrics = load_rubrics(path)
+    assert rubrics["NQ"] == ("Narrative Quality", "Which story has the better plot, exactly as the appendix says?")
+    assert rubrics["SC"] == RUBRICS["SC"]  # dimensions the file does not name keep the shipped text
+
+    class Recorder(ScriptedTestJudge):
+        def chat(self, messages):
+            self.seen = messages[-1]["content"][0]["text"]
+            return super().chat(messages)
+
+    judge = Recorder({("A", "Narrative Quality"): "Winner: Story 1", ("B", "Narrative Quality"): "Winner: Story 2"},
+                     owner)  # fmt: skip
+    recs = judge_pair(judge, JudgeCache(tmp_path / "c"), "p", a, b, ["NQ"], rubrics=rubrics)
+    assert recs[0]["outcome"] == "win" and "exactly as the appendix says" in judge.seen
+    for bad in ("XX: text\n", "NQ: ''\n", "- a list\n"):
+        path.write_text(bad)
+        with pytest.raises(JudgeError):
+            load_rubrics(path)
