@@ -2,7 +2,8 @@
 
 The ``Plan``/``Step`` schema and its files (:mod:`auteur.plan`), dataclass configs with presets and dotted
 overrides (:mod:`auteur.config`), run folders and atomic writes (:mod:`auteur.io`), visual encoders
-(:mod:`auteur.vision`) and video I/O (:mod:`auteur.video`). Stage packages (cookgen, director, renderer,
+(:mod:`auteur.vision`), video I/O (:mod:`auteur.video`) and the frame-bank format (:mod:`auteur.bank`, built by
+``cookgen bank``, read by the retrieval renderer). Stage packages (cookgen, director, renderer,
 videogen, anchors) import this package and never each other.
 """
 

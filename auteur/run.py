@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from auteur.bank import BANK_FILE, is_bank
 from auteur.errors import AuteurError
 from auteur.io import atomic_write_json, ensure_writable_dir
 
@@ -141,12 +142,13 @@ def run(cfg: RunConfig, commands: StageCommands | None = None) -> dict[str, Any]
     if cfg.stage_preset("renderer") == "default":
         if cfg.bank is None:
             raise RunError(
-                "the default renderer retrieves keyframes from a frame bank: build one with `renderer bank build "
+                "the default renderer retrieves keyframes from a frame bank: build one with `cookgen bank "
                 "CLIPS_DIR --out runs/bank` (e.g. from ../shared/data/videoauteur_demos) and pass --bank runs/bank"
             )
-        if not (Path(cfg.bank) / "bank.json").is_file():
+        if not is_bank(cfg.bank):
             raise RunError(
-                f"--bank {cfg.bank} is not a frame bank (no bank.json); build one with `renderer bank build`"
+                f"--bank {cfg.bank} is not a frame bank (no {BANK_FILE}); build one with "
+                f"`cookgen bank CLIPS_DIR --out {cfg.bank}`"
             )
     out = ensure_writable_dir(cfg.out)
     plan_dir = out / PLAN_DIR
@@ -194,7 +196,7 @@ def add_parser(sub) -> None:
     r.add_argument("--videogen-preset")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--steps", type=int, help="number of plan steps (default: the director decides)")
-    r.add_argument("--bank", type=Path, help="frame bank for the default (retrieval) renderer: `renderer bank build`")
+    r.add_argument("--bank", type=Path, help="frame bank for the default (retrieval) renderer: `cookgen bank`")
 
 
 def main_run(args) -> int:

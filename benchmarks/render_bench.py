@@ -4,12 +4,13 @@ Two SYNTHETIC banks of 100,000 x 1280 unit rows (the EfficientNet-Lite0 space's 
 retrieval quality:
 
 1. "synthetic bank with the spectrum of real EfficientNet-Lite0 features": real EfficientNet-Lite0 (ImageNet,
-   avgpool, 1280-d) embeddings — of a frame bank (``--real-bank BANK``, e.g. ``renderer bank build
-   ../shared/data/videoauteur_demos``: 215 frames of the 43 demo clips), or else of frames at 0.5/2.5/4.5 s of
-   each demo clip plus the 10 photos in ../shared/data/images — give a mean and the top ``--components``
-   principal directions and variances; rows are drawn from that Gaussian plus isotropic noise carrying all the
-   remaining variance (spread over all 1280 dims: the part a low-rank prefilter cannot see), clipped at 0 (the
-   features are post-ReLU), then unit-normalised. Queries (the director's visual states) are 8 more draws.
+   avgpool, 1280-d) embeddings — of a frame bank (``--real-bank BANK``, e.g. ``cookgen bank
+   ../shared/data/videoauteur_demos --out BANK``: 215 frames of the 43 demo clips), or else of frames at
+   0.5/2.5/4.5 s of each demo clip plus the 10 photos in ../shared/data/images — give a mean and the top
+   ``--components`` principal directions and variances; rows are drawn from that Gaussian plus isotropic noise
+   carrying all the remaining variance (spread over all 1280 dims: the part a low-rank prefilter cannot see),
+   clipped at 0 (the features are post-ReLU), then unit-normalised. Queries (the director's visual states) are 8
+   more draws.
 2. The worst case: random unit vectors (no structure: the prefilter cannot prune and falls back).
 
 If ../shared/data and ``--real-bank`` are both unavailable, bank 1 is skipped with a clear line.
@@ -41,7 +42,7 @@ DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 def real_features(real_bank: str | None) -> tuple[torch.Tensor, str] | None:
     """Real EfficientNet-Lite0 embeddings [n, 1280] and where they came from, or None when there is no data."""
     if real_bank:
-        from renderer.bank import load_bank
+        from auteur.bank import load_bank
 
         bank = load_bank(real_bank)
         return bank.embeddings.to(torch.float64), f"{len(bank.frames)} frames of bank {real_bank}"
@@ -103,7 +104,7 @@ def bench(name: str, unit: torch.Tensor, queries: torch.Tensor, a) -> float:
     t0 = time.perf_counter()
     pf = Prefilter.fit(unit, a.ranks)
     print(
-        f"prefilter fit (one-off, at bank build; ranks {pf.ranks}, projections {mb(pf.projs):.0f} MB"
+        f"prefilter fit (one-off, at a bank's first load; ranks {pf.ranks}, projections {mb(pf.projs):.0f} MB"
         f" vs {unit.numel() * 4 / 2**20:.0f} MB): {time.perf_counter() - t0:.1f} s"
     )
     full, pre = Retriever(unit), Retriever(unit, prefilter=pf)

@@ -1,4 +1,4 @@
-"""``cookgen``: build the CookGen dataset, print its statistics, merge shards.
+"""``cookgen``: build the CookGen dataset, print its statistics, merge shards, build frame banks.
 
     cookgen build youcook2 --annotations youcookii_annotations_trainval.json [--labels label_foodtype.csv]
                            [--videos DIR] --out DIR [--config tiny|default|paper|PATH] [key=value ...]
@@ -7,6 +7,7 @@
     cookgen build steps --root DIR --out DIR [--split train]
     cookgen stats DIR [--json]
     cookgen merge SHARD_DIR [SHARD_DIR ...] --out DIR
+    cookgen bank CLIPS_DIR --out BANK [--config tiny|default|paper|PATH] [--interval S] [--no-progress] [key=value ...]
     cookgen presets
 
 Common build options: ``--skip-bad`` (count bad items by reason instead of stopping), ``--workers N``,
@@ -78,6 +79,15 @@ def _parser() -> ArgumentParser:
     m.add_argument("shards", nargs="+", type=Path)
     m.add_argument("--out", required=True, type=Path)
 
+    bk = sub.add_parser("bank", help="a frame bank (sampled, embedded frames) for the retrieval renderer")
+    bk.add_argument("clips", type=Path, help="a folder of clips (any depth)")
+    bk.add_argument("--out", required=True, type=Path, help="bank folder (resumable: rerun the same command)")
+    bk.add_argument("--config", default="default", help="preset (tiny, default, paper) or YAML: its vision space")
+    bk.add_argument("--interval", type=float, help="seconds between sampled frames (default 1)")
+    bk.add_argument("--no-progress", action="store_true", help="no progress bar")
+    bk.add_argument("-v", "--verbose", action="store_true")
+    bk.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. max_side=256")
+
     sub.add_parser("presets", help="list the config presets")
     return p
 
@@ -137,12 +147,33 @@ def _build(args) -> int:
     return 0
 
 
+def _bank(args) -> int:
+    from auteur.bank import load_bank
+    from cookgen.bank import build_bank, load_bank_config
+
+    cfg = load_bank_config(args.config, args.overrides)
+    if args.interval is not None:
+        cfg.interval = args.interval
+    out = build_bank(cfg, args.clips, args.out, progress=not args.no_progress)
+    bank = load_bank(out)
+    clips, space = len({f["source"] for f in bank.frames}), bank.space
+    print(f"frame bank: {len(bank.frames)} frames from {clips} clips in {space.name} (dim {space.dim}) -> {out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     def body() -> int:
-        args = _parser().parse_args(argv)
+        args, extra = _parser().parse_known_args(argv)
+        if extra:
+            # `cookgen bank CLIPS --out B key=value`: argparse leaves key=value after options over
+            if args.command != "bank" or any(x.startswith("-") or "=" not in x for x in extra):
+                raise UsageError(f"cookgen: unrecognized arguments: {' '.join(extra)}")
+            args.overrides = [*args.overrides, *extra]
         setup_logging(getattr(args, "verbose", False))
         if args.command == "build":
             return _build(args)
+        if args.command == "bank":
+            return _bank(args)
         if args.command == "stats":
             from cookgen.stats import compute_stats, format_stats, stats_json
 

@@ -8,7 +8,8 @@ Two back-ends behind one ``renderer render`` command:
   ``renderer train`` fits LoRA + adapter with the flow-matching loss (:mod:`renderer.train`).
 - ``retrieval`` (preset ``default``, the offline default; no FLUX weights exist offline): the nearest real frame
   of a frame bank in the plan's visual space, with a consistency term towards the previous chosen frames
-  (:mod:`renderer.retrieval`, :mod:`renderer.bank`). Plans record that their keyframes were retrieved.
+  (:mod:`renderer.retrieval`; banks are built by ``cookgen bank``, format :mod:`auteur.bank`). Plans record that
+  their keyframes were retrieved.
 """
 
 from renderer.errors import RendererError

@@ -1,10 +1,12 @@
-"""``renderer``: keyframes for a plan, renderer training, frame banks.
+"""``renderer``: keyframes for a plan, renderer training.
 
 renderer render PLAN_DIR [--preset default|tiny|paper|PATH] [--context 1|2|3] [--size WxH] [--seed S]
                 [--bank BANK] [--checkpoint RUN/final] [--force] [key=value ...]
 renderer train --config tiny|paper|PATH data=COOKGEN_DIR[,DIR] out=RUN_DIR [key=value ...]
-renderer bank build CLIPS_DIR --out BANK [--preset default|tiny] [--interval S] [key=value ...]
 renderer presets
+
+Frame banks for the retrieval back-end are built by ``cookgen bank CLIPS_DIR --out BANK`` (format:
+:mod:`auteur.bank`).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ def _parser() -> ArgumentParser:
     r.add_argument("--context", type=int, help="reference keyframes on the canvas: 1, 2 or 3")
     r.add_argument("--size", help="panel size WxH, e.g. 512x512")
     r.add_argument("--seed", type=int)
-    r.add_argument("--bank", help="frame bank folder (retrieval backend)")
+    r.add_argument("--bank", help="frame bank folder (retrieval backend; `cookgen bank CLIPS_DIR --out BANK`)")
     r.add_argument("--checkpoint", help="a `renderer train` checkpoint (flux backend)")
     r.add_argument("--force", action="store_true", help="re-render steps that already have a keyframe")
     r.add_argument("--no-progress", action="store_true")
@@ -41,16 +43,6 @@ def _parser() -> ArgumentParser:
     t.add_argument("--config", default="tiny")
     t.add_argument("--no-progress", action="store_true")
     t.add_argument("overrides", nargs="*", metavar="key=value", help="data=DIR out=RUN_DIR train.max_steps=...")
-
-    b = sub.add_parser("bank", help="frame banks for the retrieval renderer")
-    bsub = b.add_subparsers(dest="bank_command", required=True, parser_class=ArgumentParser)
-    bb = bsub.add_parser("build", help="sample, embed and store frames of a folder of clips")
-    bb.add_argument("clips", type=Path)
-    bb.add_argument("--out", type=Path, required=True)
-    bb.add_argument("--preset", default="default")
-    bb.add_argument("--interval", type=float, help="seconds between sampled frames")
-    bb.add_argument("--no-progress", action="store_true")
-    bb.add_argument("overrides", nargs="*", metavar="key=value")
 
     sub.add_parser("presets", help="list the presets")
     return p
@@ -98,18 +90,6 @@ def _train(args) -> int:
     return 0
 
 
-def _bank(args) -> int:
-    from renderer.bank import build_bank, load_bank
-
-    cfg = load_config(RenderConfig, args.preset, args.overrides, preset_dir=PRESETS)
-    if args.interval is not None:
-        cfg.bank.interval = args.interval
-    out = build_bank(cfg, args.clips, args.out, progress=not args.no_progress)
-    bank = load_bank(out)
-    print(f"frame bank: {len(bank.frames)} frames in {bank.space.name} (dim {bank.space.dim}) -> {out}")
-    return 0
-
-
 def main(argv: list[str] | None = None) -> int:
     def body() -> int:
         # key=value overrides may come anywhere, also after options (argparse leaves them over)
@@ -129,8 +109,6 @@ def main(argv: list[str] | None = None) -> int:
             return _render(args)
         if args.command == "train":
             return _train(args)
-        if args.command == "bank":
-            return _bank(args)
         print("\n".join(list_presets(PRESETS)))
         return 0
 

@@ -66,19 +66,9 @@ class LoraConfig:
 class RetrievalConfig:
     """Retrieval renderer: score_j = cos(z_t, b_j) + weight * mean_i cos(b_{c_i}, b_j) over the last k chosen."""
 
-    bank: str = ""  # a frame bank folder (`renderer bank build`)
+    bank: str = ""  # a frame bank folder (`cookgen bank CLIPS_DIR --out BANK`; format: auteur.bank)
     consistency: float = 0.5
     allow_repeats: bool = False
-
-
-@dataclass
-class BankConfig:
-    """How ``renderer bank build`` samples frames from clips."""
-
-    interval: float = 1.0  # seconds between sampled frames
-    max_side: int = 320  # stored frames are downscaled to this (aspect kept)
-    format: Literal["jpg", "png"] = "jpg"
-    extensions: list[str] = field(default_factory=lambda: [".mp4", ".mkv", ".webm", ".mov", ".avi"])
 
 
 @dataclass
@@ -104,8 +94,7 @@ class RenderConfig:
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
-    bank: BankConfig = field(default_factory=BankConfig)
-    vision: VisionConfig = field(default_factory=VisionConfig)  # the visual space (bank building; untrained flux)
+    vision: VisionConfig = field(default_factory=VisionConfig)  # the visual space of an untrained flux renderer
     train: TrainConfig = field(default_factory=TrainConfig)
     checkpoint: str | None = None  # a `renderer train` output (RUN/final) with LoRA + adapter
     context: int = 2  # k: reference keyframes on the canvas (1..3)

@@ -104,16 +104,21 @@ def render_plan(
 
 class _RetrievalBackend:
     def __init__(self, cfg: RenderConfig):
-        from renderer.bank import bank_prefilter, load_bank
-        from renderer.retrieval import Retriever, normalize_rows
+        from auteur.bank import BUILD_HINT, load_bank
 
         self.cfg = cfg
+        if not str(cfg.retrieval.bank or "").strip():
+            raise RendererError(f"frame bank not found: none given; {BUILD_HINT} and pass --bank BANK")
         self.bank = load_bank(cfg.retrieval.bank)
-        self.retriever = Retriever(normalize_rows(self.bank.embeddings), prefilter=bank_prefilter(self.bank))
-        self.used = torch.zeros(self.retriever.n, dtype=torch.bool)
+        self.retriever = None
+        self.used = torch.zeros(len(self.bank.frames), dtype=torch.bool)
 
     def check(self, space: VisualSpace) -> None:
+        from renderer.retrieval import Retriever, bank_prefilter, normalize_rows
+
         self.bank.space.check_same(space, what=f"the plan's embeddings (bank {self.bank.folder})")
+        # the first load of a big bank fits its exact prefilter and stores it beside the bank; later loads reuse it
+        self.retriever = Retriever(normalize_rows(self.bank.embeddings), prefilter=bank_prefilter(self.bank))
 
     def provenance(self, preset: str) -> dict[str, Any]:
         r = self.cfg.retrieval

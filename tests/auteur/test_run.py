@@ -55,9 +55,11 @@ def test_run_reports_a_failing_stage_in_one_line(tmp_path, capsys):
     assert auteur(["run", "  ", "--out", str(tmp_path / "r")]) == 2
     assert "query is empty" in capsys.readouterr().err
     assert auteur(["run", "how to make toast", "--out", str(tmp_path / "r1")]) == 2  # default renderer, no bank
-    assert "frame bank" in capsys.readouterr().err and not (tmp_path / "r1").exists()
+    err = capsys.readouterr().err
+    assert "frame bank: build one with `cookgen bank CLIPS_DIR" in err and not (tmp_path / "r1").exists()
     assert auteur(["run", "how to make toast", "--out", str(tmp_path / "r1"), "--bank", str(tmp_path)]) == 2
-    assert "not a frame bank" in capsys.readouterr().err and not (tmp_path / "r1").exists()
+    err = capsys.readouterr().err
+    assert "not a frame bank" in err and "`cookgen bank CLIPS_DIR" in err and not (tmp_path / "r1").exists()
     cfg = RunConfig(
         query="how to make toast", out=tmp_path / "r2", director_preset="no-such-preset", renderer_preset="tiny"
     )
@@ -88,13 +90,13 @@ def test_auteur_run_default_offline(tmp_path, capsys):
     demos = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "videoauteur_demos"
     if not demos.is_dir():
         pytest.skip(f"{demos} not found: the default run needs real clips for its frame bank")
-    from renderer.cli import main as renderer
+    from cookgen.cli import main as cookgen
 
     clips = tmp_path / "clips"
     clips.mkdir()
     for i in (1, 2, 3):  # three real step clips make a small bank (15 frames)
         (clips / f"{i}.mp4").symlink_to(demos / "Language_Centric" / "BLT_Sandwich" / f"{i}.mp4")
-    assert renderer(["bank", "build", str(clips), "--out", str(tmp_path / "bank"), "--no-progress"]) == 0
+    assert cookgen(["bank", str(clips), "--out", str(tmp_path / "bank"), "--no-progress"]) == 0
     vg = tmp_path / "small.yaml"
     vg.write_text(SMALL_VIDEOGEN)
     out = tmp_path / "run"

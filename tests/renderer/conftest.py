@@ -75,10 +75,12 @@ def clips_root(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_bank(clips_root: Path, tmp_path_factory) -> Path:
-    from renderer.cli import main
+    """A real bank (`cookgen bank`, the tiny visual space) of the synthetic clips: 12 frames, one every 0.5 s."""
+    from cookgen.cli import main as cookgen
 
     out = tmp_path_factory.mktemp("bank") / "bank"
-    assert main(["bank", "build", str(clips_root), "--out", str(out), "--preset", "tiny", "--no-progress"]) == 0
+    argv = ["bank", str(clips_root), "--out", str(out), "--config", "tiny", "--interval", "0.5", "--no-progress"]
+    assert cookgen(argv + ["max_side=64"]) == 0
     return out
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +43,7 @@ def test_tiny_flux_render_end_to_end(tiny_plan: Path, capsys):
 
 
 def test_retrieval_render_records_and_resumes(tiny_bank: Path, tmp_path: Path, capsys):
-    from renderer.bank import load_bank
+    from auteur.bank import load_bank
 
     bank = load_bank(tiny_bank)
     assert bank.space == tiny_space() and bank.embeddings.shape == (len(bank.frames), 32)
@@ -75,19 +74,6 @@ def test_retrieval_render_records_and_resumes(tiny_bank: Path, tmp_path: Path, c
     assert [s.meta["render"]["bank_index"] for s in load_plan(full).steps] == [1, 5, 9, 2]
 
 
-def test_bank_build_resumes(clips_root: Path, tmp_path: Path, capsys):
-    out = tmp_path / "bank"
-    argv = ["bank", "build", clips_root, "--out", out, "--preset", "tiny", "--interval", "0.25", "--no-progress"]
-    rc, text, _ = run(argv, capsys)
-    assert rc == 0 and "frame bank: 24 frames" in text  # 6 one-second clips, every 0.25 s
-    meta = json.loads((out / "bank.json").read_text())
-    assert [f["time"] for f in meta["frames"][:4]] == [0.0, 0.25, 0.5, 0.75]
-    assert all((out / f["image"]).is_file() for f in meta["frames"])
-    stamp = {p: p.stat().st_mtime_ns for p in (out / "work").glob("*.json")}
-    assert run(argv, capsys)[0] == 0
-    assert {p: p.stat().st_mtime_ns for p in (out / "work").glob("*.json")} == stamp  # finished clips skipped
-
-
 def _unchanged(folder: Path, before: bytes) -> None:
     assert (folder / "plan.json").read_bytes() == before
     assert not (folder / "keyframes").exists() or not any((folder / "keyframes").iterdir())
@@ -100,8 +86,8 @@ def test_bad_inputs_one_line_exit_2(tiny_plan: Path, tiny_bank: Path, tmp_path: 
         (["--preset", "tiny", "--size", "30x30"], "not divisible by the model's patch size 4"),
         (["--preset", "tiny", "--size", "big"], "--size must be WxH"),
         (["--preset", "tiny", "--checkpoint", tmp_path / "nope"], "renderer checkpoint not found"),
-        (["--preset", "default"], "frame bank not found"),
-        (["--preset", "default", "--bank", tmp_path / "nobank"], "frame bank not found"),
+        (["--preset", "default"], "frame bank not found: none given; build one with `cookgen bank CLIPS_DIR"),
+        (["--preset", "default", "--bank", tmp_path / "nobank"], "has no bank.json; build one with `cookgen bank"),
     ]
     for extra, message in cases:
         rc, _, err = run(["render", tiny_plan, *extra, "--no-progress"], capsys)
@@ -118,18 +104,3 @@ def test_bad_inputs_one_line_exit_2(tiny_plan: Path, tiny_bank: Path, tmp_path: 
     assert rc == 2 and "has no embeddings" in err
     rc, _, err = run(["render", tmp_path / "missing", "--preset", "tiny"], capsys)
     assert rc == 2 and "not a plan folder" in err
-
-
-def test_demo_folder_every_clip_is_found():
-    """The demo folder holds 59 files: 43 step clips (.mp4) and 16 text files (actions/captions YAML, order.txt,
-    the per-dish .txt, captions.csv); `renderer bank build` must read every clip, and only clips."""
-    from renderer.bank import find_clips
-    from renderer.config import BankConfig
-
-    demos = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "videoauteur_demos"
-    if not demos.is_dir():
-        pytest.skip("../shared/data not found (the VideoAuteur demo clips)")
-    files = [p for p in demos.rglob("*") if p.is_file()]
-    clips = find_clips(demos, BankConfig().extensions)
-    assert len(clips) == len([p for p in files if p.suffix == ".mp4"]) == 43
-    assert {p.suffix for p in files} - {p.suffix for p in clips} == {".yaml", ".txt", ".csv"}

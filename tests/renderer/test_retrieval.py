@@ -81,7 +81,8 @@ def test_prefilter_matches_brute_force_structured_and_random(context, weight):
 def test_bank_prefilter_stored_and_refitted_when_rows_change(tiny_bank, tmp_path):
     import shutil
 
-    from renderer.bank import PREFILTER_FILE, bank_prefilter, load_bank
+    from auteur.bank import load_bank
+    from renderer.retrieval import PREFILTER_FILE, bank_prefilter
 
     folder = tmp_path / "bank"
     shutil.copytree(tiny_bank, folder)
@@ -98,3 +99,59 @@ def test_bank_prefilter_stored_and_refitted_when_rows_change(tiny_bank, tmp_path
     q = unit[:3] + 0.01
     fast = retrieve(q, Retriever(unit, prefilter=moved), 2, 0.5)
     assert [c.index for c in fast] == [c.index for c in retrieve_loop(q, unit, 2, 0.5)]
+
+
+def write_synthetic_bank(folder, unit: torch.Tensor, space) -> None:
+    """A bank folder in the auteur.bank format with SYNTHETIC rows ``unit`` [N, D] (speed/caching test data);
+    every record points at one of 4 small real PNGs, since only the chosen frames are ever opened."""
+    from PIL import Image
+    from safetensors.torch import save_file
+
+    from auteur.bank import BANK_FILE, BANK_FORMAT, EMB_FILE
+    from auteur.io import atomic_write_json
+
+    (folder / "frames").mkdir(parents=True, exist_ok=True)
+    for i in range(4):
+        Image.new("RGB", (16, 16), (60 * i, 20, 200 - 40 * i)).save(folder / "frames" / f"{i}.png")
+    save_file({"embeddings": unit.contiguous()}, str(folder / EMB_FILE), {"space": space.name, "dim": str(space.dim)})
+    frames = [{"image": f"frames/{i % 4}.png", "source": f"synthetic/{i // 100}.mp4", "time": float(i % 100)}
+              for i in range(len(unit))]  # fmt: skip
+    atomic_write_json(folder / BANK_FILE, {"format": BANK_FORMAT, "space": space.to_json(), "frames": frames})
+
+
+def test_render_fits_the_prefilter_of_a_big_bank_at_first_load_and_reuses_it(tmp_path):
+    """≥ 10,000 frames: the first render fits and stores the prefilter, a second reuses it, new rows refit it."""
+    from safetensors import safe_open
+
+    from auteur.plan import load_plan
+    from renderer.config import RenderConfig
+    from renderer.render import render_plan
+    from renderer.retrieval import PREFILTER_FILE, PREFILTER_MIN_FRAMES
+    from tests.renderer.conftest import make_plan, tiny_space
+
+    space = tiny_space()
+    unit = structured_bank(PREFILTER_MIN_FRAMES, space.dim, 3)
+    folder = tmp_path / "bank"
+    write_synthetic_bank(folder, unit, space)
+    g = torch.Generator().manual_seed(4)
+    emb = unit[[10, 5000, 9000]] + 0.05 * torch.randn(3, space.dim, generator=g)
+    plan = make_plan(tmp_path / "plan", emb, space)
+    cfg = RenderConfig(backend="retrieval", context=2, width=16, height=16)
+    cfg.retrieval.bank = str(folder)
+
+    def rendered_and_fingerprint(rows):
+        render_plan(cfg, plan, force=True, progress=False)
+        got = [s.meta["render"]["bank_index"] for s in load_plan(plan).steps]
+        assert got == [c.index for c in retrieve_loop(emb, rows, 2, cfg.retrieval.consistency)]
+        with safe_open(str(folder / PREFILTER_FILE), "pt") as f:
+            return f.metadata()["fingerprint"]
+
+    assert not (folder / PREFILTER_FILE).exists()
+    first = rendered_and_fingerprint(unit)
+    assert first == Prefilter.fingerprint_of(normalize_rows(unit))  # fitted on the rows as the renderer reads them
+    stamp = (folder / PREFILTER_FILE).stat().st_mtime_ns
+    assert rendered_and_fingerprint(unit) == first
+    assert (folder / PREFILTER_FILE).stat().st_mtime_ns == stamp  # reused, not refitted
+    moved = unit.roll(1, 0).contiguous()  # the bank rebuilt with other rows
+    write_synthetic_bank(folder, moved, space)
+    assert rendered_and_fingerprint(moved) == Prefilter.fingerprint_of(normalize_rows(moved)) != first
