@@ -23,29 +23,25 @@ one (tested). The VAE and text encoder are frozen: latents and prompt embeddings
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
-import random
 import shutil
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from anchors.captions import caption
 from anchors.config import AnchorsConfig, AnchorsError
 from anchors.data import load_story_samples
 from anchors.model import FORMAT, META, WEIGHTS, Anchors, StoryTransformer, build_anchors, check_num_frames
+from auteur import training
+from auteur.training import SimulatedKill as SimulatedKill  # re-exported: tests catch `anchors.train.SimulatedKill`
+from auteur.training import epoch_order
 
 log = logging.getLogger(__name__)
-
-
-class SimulatedKill(RuntimeError):
-    """Raised by ``train(..., stop_after=N)`` right after step N's checkpoint: a kill, for tests."""
 
 
 def condition_mask(num_frames: int, stage: str, p_condition: float) -> torch.Tensor:
@@ -93,22 +89,6 @@ def flow_matching_loss(
     return masked_mse(pred, noise - latents, mask)
 
 
-def _rng_state() -> dict[str, Any]:
-    return {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-
-
-def _latest_checkpoint(run: Path) -> Path | None:
-    ckpts = sorted((run / "checkpoints").glob("step-*")) if (run / "checkpoints").is_dir() else []
-    ckpts = [c for c in ckpts if (c / "state.json").is_file()]
-    return ckpts[-1] if ckpts else None
-
-
 def save_model(net: StoryTransformer, folder: Path, cfg: AnchorsConfig, model_id: str, **meta: Any) -> Path:
     """Write an anchors checkpoint (story-transformer weights, ``anchors.json``, ``config.yaml``) atomically."""
     from safetensors.torch import save_file
@@ -122,11 +102,6 @@ def save_model(net: StoryTransformer, folder: Path, cfg: AnchorsConfig, model_id
         (tmp / META).write_text(json.dumps(info, indent=2) + "\n")
         save_config(cfg, tmp)
     return folder
-
-
-def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
-    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
-    return torch.randperm(n, generator=g).tolist()
 
 
 def _prepare(anchors: Anchors, cfg: AnchorsConfig, samples) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -144,16 +119,9 @@ def train(cfg: AnchorsConfig, stop_after: int | None = None, progress: bool = Tr
     from tqdm.auto import tqdm
 
     from auteur.config import save_config
-    from auteur.io import atomic_path, clean_stale_temporaries, ensure_writable_dir
 
     # 1. check the request before anything is written
-    if not cfg.data:
-        raise AnchorsError("no training data: give data=COOKGEN_DIR (a folder that `cookgen build` wrote)")
-    if not cfg.out:
-        raise AnchorsError("no run folder: give out=RUN_DIR")
-    for d in cfg.data:
-        if not Path(d).is_dir():
-            raise AnchorsError(f"training data folder not found: {d}")
+    training.check_run_request(cfg.data, cfg.out, AnchorsError)
     if cfg.train.init_from:
         from anchors.model import check_checkpoint
 
@@ -168,9 +136,7 @@ def train(cfg: AnchorsConfig, stop_after: int | None = None, progress: bool = Tr
             f"the {cfg.dataset.train_split!r} splits of {', '.join(cfg.data)} hold no video with "
             f"{cfg.dataset.num_frames} story frames (dataset.num_frames)"
         )
-    run = ensure_writable_dir(cfg.out)
-    clean_stale_temporaries(run)
-    clean_stale_temporaries(run / "checkpoints")
+    run = training.prepare_run_dir(cfg.out)
     accelerator = Accelerator(
         cpu=not torch.cuda.is_available(), mixed_precision="bf16" if cfg.precision == "bf16" else "no"
     )
@@ -190,19 +156,17 @@ def train(cfg: AnchorsConfig, stop_after: int | None = None, progress: bool = Tr
     warm = cfg.train.warmup_steps
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
     step = 0
-    ckpt = _latest_checkpoint(run) if cfg.resume == "auto" else None
+    ckpt = training.resume_checkpoint(run, cfg.resume, AnchorsError)
     torch.manual_seed(cfg.seed)
     if ckpt is not None:
         from anchors.model import load_weights
 
         load_weights(net, ckpt)
-        optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=False))
-        scheduler.load_state_dict(torch.load(ckpt / "scheduler.pt", weights_only=False))
-        _set_rng_state(torch.load(ckpt / "rng.pt", weights_only=False))
-        step = json.loads((ckpt / "state.json").read_text())["step"]
+        optimizer.load_state_dict(torch.load(ckpt / training.OPTIMIZER_FILE, weights_only=False))
+        scheduler.load_state_dict(torch.load(ckpt / training.SCHEDULER_FILE, weights_only=False))
+        training.set_rng_state(torch.load(ckpt / training.RNG_FILE, weights_only=False))
+        step = training.read_step(ckpt)
         log.info("resumed from %s (step %d)", ckpt, step)
-    elif cfg.resume == "never" and _latest_checkpoint(run) is not None:
-        raise AnchorsError(f"{run} already holds checkpoints; use resume=auto or another out=")
     model, optimizer, scheduler = accelerator.prepare(net, optimizer, scheduler)
     dev = accelerator.device
     latents, texts, conds, empty = latents.to(dev), texts.to(dev), conds.to(dev), empty.to(dev)
@@ -216,27 +180,21 @@ def train(cfg: AnchorsConfig, stop_after: int | None = None, progress: bool = Tr
     )
 
     csv_path = run / "log.csv"
-    fields = ["step", "loss", "lr", "seconds"]
-    if main_proc and not csv_path.exists():
-        with atomic_path(csv_path) as tmp:
-            tmp.write_text(",".join(fields) + "\n")
+    if main_proc:
+        training.start_csv_log(csv_path, ["step", "loss", "lr", "seconds"])
 
     def save(at: int) -> None:
         if not main_proc:
             return
-        target = run / "checkpoints" / f"step-{at:06d}"
+        target = training.checkpoint_dir(run, at)
         save_model(accelerator.unwrap_model(model), target, cfg, anchors.model_id, step=at)
         from auteur.io import atomic_dir
 
         with atomic_dir(target) as tmp:  # the optimizer state beside the weights, in one rename
             for f in target.iterdir():
                 shutil.copy2(f, tmp / f.name)
-            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-            torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-            torch.save(_rng_state(), tmp / "rng.pt")
-            (tmp / "state.json").write_text(json.dumps({"step": at}) + "\n")
-        for old in sorted((run / "checkpoints").glob("step-*"))[:-2]:  # keep the newest two
-            shutil.rmtree(old, ignore_errors=True)
+            training.write_train_state(tmp, at, optimizer, scheduler, training.rng_state())
+        training.prune_checkpoints(run, keep=2)
 
     # 3. the loop
     n, bs, frames = len(samples), min(cfg.train.batch_size, len(samples)), cfg.dataset.num_frames
@@ -267,22 +225,11 @@ def train(cfg: AnchorsConfig, stop_after: int | None = None, progress: bool = Tr
         loss = loss.detach()
         step += 1
         bar.update()
-        if main_proc and (step % cfg.train.log_every == 0 or step == cfg.train.max_steps):
-            with csv_path.open("a", newline="") as f:
-                csv.writer(f).writerow(
-                    [
-                        step,
-                        f"{float(loss):.6f}",
-                        f"{scheduler.get_last_lr()[0]:.3e}",
-                        f"{time.perf_counter() - t0:.1f}",
-                    ]
-                )
+        if main_proc and (training.due(step, cfg.train.log_every, cfg.train.max_steps)):
+            lr = f"{scheduler.get_last_lr()[0]:.3e}"
+            training.append_csv_row(csv_path, [step, f"{float(loss):.6f}", lr, f"{time.perf_counter() - t0:.1f}"])
             bar.set_postfix(loss=f"{float(loss):.4f}")
-        if step % cfg.train.save_every == 0 or step == cfg.train.max_steps:
-            save(step)
-        if stop_after is not None and step >= stop_after:
-            bar.close()
-            raise SimulatedKill(f"stopped after step {step}")
+        training.save_or_stop(step, cfg.train.save_every, cfg.train.max_steps, save, stop_after, bar)
     bar.close()
     accelerator.wait_for_everyone()
     final = run / "final"

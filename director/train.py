@@ -14,8 +14,6 @@ paper's Tables 5–6) runs every ``train.eval_every`` steps; metrics go to ``RUN
 
 from __future__ import annotations
 
-import csv
-import json
 import logging
 import math
 import random
@@ -25,12 +23,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
+from auteur import training
 from auteur.config import from_dict, save_config, to_dict
-from auteur.io import atomic_dir, atomic_path, clean_stale_temporaries, ensure_writable_dir
+from auteur.io import atomic_dir
 from auteur.plan import VisualSpace
+from auteur.training import SimulatedKill as SimulatedKill  # re-exported: tests catch `director.train.SimulatedKill`
 from director.backbone import DirectorError
 from director.checkpoint import ADAPTER, EXTRA, build_director, load_checkpoint_into, read_meta, save_checkpoint
 from director.config import DirectorConfig, ModelConfig
@@ -45,10 +44,6 @@ from director.data import (
 )
 
 log = logging.getLogger(__name__)
-
-
-class SimulatedKill(RuntimeError):
-    """Raised by ``train(..., stop_after=N)`` right after step N's checkpoint: a kill, for tests."""
 
 
 def resolve_space(cfg: DirectorConfig) -> VisualSpace:
@@ -76,22 +71,6 @@ def _lr_lambda(cfg: DirectorConfig):
         return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
     return f
-
-
-def _rng_state() -> dict[str, Any]:
-    return {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-
-
-def _latest_checkpoint(run: Path) -> Path | None:
-    ckpts = sorted((run / "checkpoints").glob("step-*")) if (run / "checkpoints").is_dir() else []
-    ckpts = [c for c in ckpts if (c / "state.json").is_file()]
-    return ckpts[-1] if ckpts else None
 
 
 def _load_samples(cfg: DirectorConfig, builder: SequenceBuilder, space: VisualSpace, split: str) -> list[dict]:
@@ -148,18 +127,10 @@ def train(cfg: DirectorConfig, stop_after: int | None = None, progress: bool = T
     from accelerate import Accelerator
     from tqdm.auto import tqdm
 
-    if not cfg.data:
-        raise DirectorError("no training data: give data=COOKGEN_DIR (a folder that `cookgen build` wrote)")
-    if not cfg.out:
-        raise DirectorError("no run folder: give out=RUN_DIR")
-    for d in cfg.data:
-        if not Path(d).is_dir():
-            raise DirectorError(f"training data folder not found: {d}")
+    training.check_run_request(cfg.data, cfg.out, DirectorError)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    run = ensure_writable_dir(cfg.out)
-    clean_stale_temporaries(run)
-    clean_stale_temporaries(run / "checkpoints")
+    run = training.prepare_run_dir(cfg.out)
     accelerator = Accelerator(
         cpu=not torch.cuda.is_available(),
         mixed_precision="bf16" if cfg.precision == "bf16" else "no",
@@ -207,16 +178,14 @@ def train(cfg: DirectorConfig, stop_after: int | None = None, progress: bool = T
     optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg))
     step = 0
-    ckpt = _latest_checkpoint(run) if cfg.resume == "auto" else None
+    ckpt = training.resume_checkpoint(run, cfg.resume, DirectorError)
     if ckpt is not None:
         load_checkpoint_into(director, ckpt)
-        optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=False))
-        scheduler.load_state_dict(torch.load(ckpt / "scheduler.pt", weights_only=False))
-        _set_rng_state(torch.load(ckpt / "rng.pt", weights_only=False))
-        step = json.loads((ckpt / "state.json").read_text())["step"]
+        optimizer.load_state_dict(torch.load(ckpt / training.OPTIMIZER_FILE, weights_only=False))
+        scheduler.load_state_dict(torch.load(ckpt / training.SCHEDULER_FILE, weights_only=False))
+        training.set_rng_state(torch.load(ckpt / training.RNG_FILE, weights_only=False))
+        step = training.read_step(ckpt)
         log.info("resumed from %s (step %d)", ckpt, step)
-    elif cfg.resume == "never" and _latest_checkpoint(run) is not None:
-        raise DirectorError(f"{run} already holds checkpoints; use resume=auto or another out=")
     model, optimizer, scheduler = accelerator.prepare(director, optimizer, scheduler)
     if main_proc:
         save_config(cfg, run)
@@ -238,15 +207,13 @@ def train(cfg: DirectorConfig, stop_after: int | None = None, progress: bool = T
             log.warning("tensorboard not installed: logging to log.csv only")
     csv_path = run / "log.csv"
     fields = ["step", "split", "loss", "text_loss", "cos", "mse", "l2", "lr", "seconds"]
-    if main_proc and not csv_path.exists():
-        with atomic_path(csv_path) as tmp:
-            tmp.write_text(",".join(fields) + "\n")
+    if main_proc:
+        training.start_csv_log(csv_path, fields)
 
     def log_row(row: dict[str, Any]) -> None:
         if not main_proc:
             return
-        with csv_path.open("a", newline="") as f:
-            csv.DictWriter(f, fields).writerow({k: row.get(k, "") for k in fields})
+        training.append_csv_row(csv_path, [row.get(k, "") for k in fields])
         if writer is not None:
             for k in ("loss", "text_loss", "cos", "mse", "l2", "lr"):
                 if row.get(k, "") != "":
@@ -262,17 +229,13 @@ def train(cfg: DirectorConfig, stop_after: int | None = None, progress: bool = T
         if not main_proc:
             return
         unwrapped = accelerator.unwrap_model(model)
-        target = run / "checkpoints" / f"step-{at:06d}"
+        target = training.checkpoint_dir(run, at)
         save_checkpoint(unwrapped, target, backbone.model_id, space, step=at, backbone=to_dict(cfg.backbone))
         with atomic_dir(target) as tmp:  # add the optimizer state beside the weights, in one rename
             for f in target.iterdir():
                 shutil.copy2(f, tmp / f.name)
-            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-            torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-            torch.save(_rng_state(), tmp / "rng.pt")
-            (tmp / "state.json").write_text(json.dumps({"step": at}) + "\n")
-        for old in sorted((run / "checkpoints").glob("step-*"))[:-2]:  # keep the newest two
-            shutil.rmtree(old, ignore_errors=True)
+            training.write_train_state(tmp, at, optimizer, scheduler, training.rng_state())
+        training.prune_checkpoints(run, keep=2)
 
     # 3. the loop
     per_epoch = max(1, len(train_samples) // cfg.train.batch_size)
@@ -303,8 +266,8 @@ def train(cfg: DirectorConfig, stop_after: int | None = None, progress: bool = T
                 optimizer.zero_grad()
         step += 1
         bar.update()
-        if step % cfg.train.log_every == 0 or step == cfg.train.max_steps:
-            row = {k: f"{float(v):.6f}" for k, v in parts.items()}
+        if training.due(step, cfg.train.log_every, cfg.train.max_steps):
+            row = {k: f"{float(v.detach()) if torch.is_tensor(v) else float(v):.6f}" for k, v in parts.items()}
             row.update(
                 step=step,
                 split="train",
@@ -313,15 +276,11 @@ def train(cfg: DirectorConfig, stop_after: int | None = None, progress: bool = T
             )
             log_row(row)
             bar.set_postfix(loss=f"{float(parts['loss']):.3f}")
-        if step % cfg.train.eval_every == 0 or step == cfg.train.max_steps:
+        if training.due(step, cfg.train.eval_every, cfg.train.max_steps):
             val = validate()
             if val:
                 log_row({**{k: f"{v:.6f}" for k, v in val.items()}, "step": step, "split": "val"})
-        if step % cfg.train.save_every == 0 or step == cfg.train.max_steps:
-            save(step)
-        if stop_after is not None and step >= stop_after:
-            bar.close()
-            raise SimulatedKill(f"stopped after step {step}")
+        training.save_or_stop(step, cfg.train.save_every, cfg.train.max_steps, save, stop_after, bar)
     bar.close()
     accelerator.wait_for_everyone()
     final = run / "final"

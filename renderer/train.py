@@ -21,11 +21,9 @@ and ``resume=auto`` continues from the newest. The final checkpoint is ``RUN/fin
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import random
-import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -36,19 +34,17 @@ import numpy as np
 import torch
 from PIL import Image
 
+from auteur import training
 from auteur.config import save_config
-from auteur.io import atomic_dir, atomic_path, clean_stale_temporaries, ensure_writable_dir
+from auteur.io import atomic_dir
 from auteur.plan import VisualSpace
+from auteur.training import SimulatedKill as SimulatedKill  # re-exported: tests catch `renderer.train.SimulatedKill`
 from renderer.canvas import fit_panel, make_canvas, tiled_caption
 from renderer.config import RenderConfig
 from renderer.errors import RendererError
 from renderer.flux import ADAPTER_FILE, LORA_FILE, FluxRenderer, check_size, load_lora_state, save_checkpoint
 
 log = logging.getLogger(__name__)
-
-
-class SimulatedKill(RuntimeError):
-    """Raised by ``train(..., stop_after=N)`` right after step N's checkpoint: a kill, for tests."""
 
 
 @dataclass
@@ -178,27 +174,6 @@ def sample_plan(episodes: list[Episode], cfg: RenderConfig, step: int) -> list[t
     return out
 
 
-def _rng_state() -> dict[str, Any]:
-    """The global RNG states (python, numpy, torch CPU and CUDA): what LoRA dropout or any global draw reads."""
-    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _latest(run: Path) -> Path | None:
-    ckpts = [c for c in sorted((run / "checkpoints").glob("step-*")) if (c / "state.json").is_file()]
-    return ckpts[-1] if ckpts else None
-
-
 def trainable_parameters(renderer: FluxRenderer) -> list[torch.nn.Parameter]:
     return [p for p in renderer.pipe.transformer.parameters() if p.requires_grad] + list(renderer.adapter.parameters())
 
@@ -232,9 +207,7 @@ def train(cfg: RenderConfig, stop_after: int | None = None, progress: bool = Tru
         raise RendererError(f"the train splits of {', '.join(cfg.data)} hold no video with two keyframes or more")
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    run = ensure_writable_dir(cfg.out)
-    clean_stale_temporaries(run)
-    clean_stale_temporaries(run / "checkpoints")
+    run = training.prepare_run_dir(cfg.out)
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
 
     # 1. model, optimizer, resume (global RNGs seeded first: LoRA dropout draws from them; a resume restores them)
@@ -246,36 +219,29 @@ def train(cfg: RenderConfig, stop_after: int | None = None, progress: bool = Tru
     params = trainable_parameters(renderer)
     optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     step = 0
-    ckpt = _latest(run) if cfg.resume == "auto" else None
+    ckpt = training.resume_checkpoint(run, cfg.resume, RendererError)
     if ckpt is not None:
         load_lora_state(renderer.pipe.transformer, load_file(str(ckpt / LORA_FILE)), ckpt)
         renderer.adapter.load_state_dict(load_file(str(ckpt / ADAPTER_FILE)))
-        optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=False))
-        if (ckpt / "rng.pt").is_file():
-            _set_rng_state(torch.load(ckpt / "rng.pt", weights_only=False))
+        optimizer.load_state_dict(torch.load(ckpt / training.OPTIMIZER_FILE, weights_only=False))
+        if (ckpt / training.RNG_FILE).is_file():
+            training.set_rng_state(torch.load(ckpt / training.RNG_FILE, weights_only=False))
         else:  # a checkpoint written before RNG states were saved: resumes, but not to the bit
             log.warning("%s holds no rng.pt: global RNG draws (LoRA dropout) will differ from an unbroken run", ckpt)
-        step = json.loads((ckpt / "state.json").read_text())["step"]
+        step = training.read_step(ckpt)
         log.info("resumed from %s (step %d)", ckpt, step)
-    elif cfg.resume == "never" and _latest(run) is not None:
-        raise RendererError(f"{run} already holds checkpoints; use resume=auto or another out=")
     optimizer = accelerator.prepare(optimizer)
     save_config(cfg, run)
     log.info("%d episodes; %d trainable parameters", len(episodes), sum(p.numel() for p in params))
     csv_path = run / "log.csv"
-    if not csv_path.exists():
-        with atomic_path(csv_path) as tmp:
-            tmp.write_text("step,loss,seconds\n")
+    training.start_csv_log(csv_path, ["step", "loss", "seconds"])
 
     def save(at: int) -> None:
-        target = run / "checkpoints" / f"step-{at:06d}"
-        with atomic_dir(target) as tmp:
+        with atomic_dir(training.checkpoint_dir(run, at)) as tmp:
             save_checkpoint(renderer, tmp, {"step": at})
-            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-            torch.save(_rng_state(), tmp / "rng.pt")
-            (tmp / "state.json").write_text(json.dumps({"step": at}) + "\n")
-        for old in sorted((run / "checkpoints").glob("step-*"))[:-2]:  # keep the newest two
-            shutil.rmtree(old, ignore_errors=True)
+            # the CUDA RNG states too: LoRA dropout draws from them on a GPU
+            training.write_train_state(tmp, at, optimizer, rng=training.rng_state(cuda=True))
+        training.prune_checkpoints(run, keep=2)
 
     # 2. the loop
     renderer.pipe.transformer.train()
@@ -299,14 +265,9 @@ def train(cfg: RenderConfig, stop_after: int | None = None, progress: bool = Tru
         bar.update()
         mean = sum(losses) / len(losses)
         bar.set_postfix(loss=f"{mean:.4f}")
-        if step % cfg.train.log_every == 0 or step == cfg.train.max_steps:
-            with csv_path.open("a") as f:
-                csv.writer(f).writerow([step, f"{mean:.6f}", f"{time.perf_counter() - t0:.1f}"])
-        if step % cfg.train.save_every == 0 or step == cfg.train.max_steps:
-            save(step)
-        if stop_after is not None and step >= stop_after:
-            bar.close()
-            raise SimulatedKill(f"stopped after step {step}")
+        if training.due(step, cfg.train.log_every, cfg.train.max_steps):
+            training.append_csv_row(csv_path, [step, f"{mean:.6f}", f"{time.perf_counter() - t0:.1f}"])
+        training.save_or_stop(step, cfg.train.save_every, cfg.train.max_steps, save, stop_after, bar)
     bar.close()
     final = run / "final"
     with atomic_dir(final) as tmp:

@@ -16,10 +16,8 @@ weights as an uninterrupted one. ``RUN/final`` is a checkpoint ``videogen genera
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +25,11 @@ import numpy as np
 import torch
 from PIL import Image
 
+from auteur import training
 from auteur.config import save_config
-from auteur.io import atomic_dir, atomic_path, clean_stale_temporaries, ensure_writable_dir
+from auteur.io import atomic_dir
 from auteur.plan import VisualSpace
+from auteur.training import SimulatedKill as SimulatedKill  # re-exported: tests catch `videogen.train.SimulatedKill`
 from videogen.config import VideogenConfig
 from videogen.errors import VideogenError
 from videogen.projector import EmbeddingProjector
@@ -45,10 +45,6 @@ from videogen.wan import (
 )
 
 log = logging.getLogger(__name__)
-
-
-class SimulatedKill(RuntimeError):
-    """Raised by ``train(..., stop_after=N)`` right after step N's checkpoint: a kill, for tests."""
 
 
 def load_samples(cfg: VideogenConfig) -> tuple[list[dict[str, Any]], VisualSpace]:
@@ -180,17 +176,11 @@ class FlowMatchingTrainer:
         return {"lora": lora_state(self.transformer), "projector": dict(self.projector.state_dict())}
 
 
-def _latest(run: Path) -> Path | None:
-    ckpts = sorted((run / "checkpoints").glob("step-*")) if (run / "checkpoints").is_dir() else []
-    ckpts = [c for c in ckpts if (c / "state.json").is_file()]
-    return ckpts[-1] if ckpts else None
-
-
 def _step_batch(n: int, bsz: int, seed: int, step: int) -> list[int]:
     """The sample indices of ``step``: epoch permutations fixed by ``(seed, epoch)``."""
     per_epoch = max(1, n // bsz) if n >= bsz else 1
     epoch, pos = divmod(step, per_epoch)
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch)).tolist()
+    order = training.epoch_order(n, seed, epoch)
     idx = order[pos * bsz : (pos + 1) * bsz]
     return idx or order[:bsz]
 
@@ -203,17 +193,9 @@ def train(cfg: VideogenConfig, stop_after: int | None = None, progress: bool = T
 
     if cfg.backend != "wan":
         raise VideogenError("videogen train fine-tunes the Wan model: use a wan preset (tiny, paper, ablation-*)")
-    if not cfg.data:
-        raise VideogenError("no training data: give data=COOKGEN_DIR (a folder that `cookgen build` wrote)")
-    if not cfg.out:
-        raise VideogenError("no run folder: give out=RUN_DIR")
-    for d in cfg.data:
-        if not Path(d).is_dir():
-            raise VideogenError(f"training data folder not found: {d}")
+    training.check_run_request(cfg.data, cfg.out, VideogenError)
     check_frames(cfg.train.frames)
-    run = ensure_writable_dir(cfg.out)
-    clean_stale_temporaries(run)
-    clean_stale_temporaries(run / "checkpoints")
+    run = training.prepare_run_dir(cfg.out)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     accelerator = Accelerator(cpu=not torch.cuda.is_available(),
@@ -227,36 +209,29 @@ def train(cfg: VideogenConfig, stop_after: int | None = None, progress: bool = T
 
     # 2. resume
     step = 0
-    ckpt = _latest(run) if cfg.resume == "auto" else None
+    ckpt = training.resume_checkpoint(run, cfg.resume, VideogenError)
     if ckpt is not None:
         from peft.utils import set_peft_model_state_dict
 
         set_peft_model_state_dict(model.transformer, load_file(str(ckpt / LORA_FILE)))
         model.projector.load_state_dict(load_file(str(ckpt / PROJECTOR_FILE)))
-        optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=False))
-        step = json.loads((ckpt / "state.json").read_text())["step"]
+        optimizer.load_state_dict(torch.load(ckpt / training.OPTIMIZER_FILE, weights_only=False))
+        step = training.read_step(ckpt)
         log.info("resumed from %s (step %d)", ckpt, step)
-    elif cfg.resume == "never" and _latest(run) is not None:
-        raise VideogenError(f"{run} already holds checkpoints; use resume=auto or another out=")
     model.transformer, model.projector, optimizer = accelerator.prepare(model.transformer, model.projector, optimizer)
     save_config(cfg, run)
     log.info("%d training clips; %d trainable parameters", len(samples), sum(p.numel() for p in params))
 
     csv_path = run / "log.csv"
-    if not csv_path.exists():
-        with atomic_path(csv_path) as tmp:
-            tmp.write_text("step,loss\n")
+    training.start_csv_log(csv_path, ["step", "loss"])
 
     def save(at: int) -> None:
-        target = run / "checkpoints" / f"step-{at:06d}"
         state = model.trained_state()
-        with atomic_dir(target) as tmp:
+        with atomic_dir(training.checkpoint_dir(run, at)) as tmp:
             save_file(state["lora"], str(tmp / LORA_FILE))
             save_file({k: v.contiguous() for k, v in state["projector"].items()}, str(tmp / PROJECTOR_FILE))
-            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-            (tmp / "state.json").write_text(json.dumps({"step": at}) + "\n")
-        for old in sorted((run / "checkpoints").glob("step-*"))[:-2]:  # keep the newest two
-            shutil.rmtree(old, ignore_errors=True)
+            training.write_train_state(tmp, at, optimizer)
+        training.prune_checkpoints(run, keep=2)
 
     # 3. the loop
     bar = tqdm(total=cfg.train.max_steps, initial=step, desc="videogen train", unit="step", disable=not progress)
@@ -271,16 +246,11 @@ def train(cfg: VideogenConfig, stop_after: int | None = None, progress: bool = T
         optimizer.zero_grad()
         step += 1
         bar.update()
-        if step % cfg.train.log_every == 0 or step == cfg.train.max_steps:
+        if training.due(step, cfg.train.log_every, cfg.train.max_steps):
             value = float(loss.detach())
-            with csv_path.open("a", newline="") as f:
-                csv.writer(f).writerow([step, f"{value:.6f}"])
+            training.append_csv_row(csv_path, [step, f"{value:.6f}"])
             bar.set_postfix(loss=f"{value:.4f}")
-        if step % cfg.train.save_every == 0 or step == cfg.train.max_steps:
-            save(step)
-        if stop_after is not None and step >= stop_after:
-            bar.close()
-            raise SimulatedKill(f"stopped after step {step}")
+        training.save_or_stop(step, cfg.train.save_every, cfg.train.max_steps, save, stop_after, bar)
     bar.close()
     final = run / "final"
     save_videogen_checkpoint(final, accelerator.unwrap_model(model.transformer),
