@@ -2,7 +2,7 @@
 # Reproduces the shipped default director checkpoint (director/checkpoints/default) from the real data in
 # ../shared/data: YouCook2 training recipes (text), the VideoAuteur demo clips (captions + EfficientNet-Lite0
 # keyframe embeddings; potato_mashes held out for validation) and 400 CookGen-style captions from captions.csv.
-# About an hour on a 2-core CPU (two stages of 400 steps).  Usage: bash scripts/train_default_director.sh [SHARED_DATA_DIR]
+# About 20-30 minutes on a 2-core CPU.  Usage: bash scripts/train_default_director.sh [SHARED_DATA_DIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SHARED=${1:-../shared/data}
@@ -24,13 +24,6 @@ $BIN/director train --config default \
     dataset.captions_csv="$DEMOS/captions.csv" dataset.caption_lines=400 dataset.visual_repeat=20 \
     train.max_steps=400 train.eval_every=100 train.save_every=50 seed=0
 
-# stage 2: 400 more steps from stage 1's weights (fresh optimizer and schedule), one CPU thread
-$BIN/director train --config default \
-    data=runs/cookgen-youcook2,runs/cookgen-demos,runs/cookgen-demos-val out=runs/director-default-2 \
-    dataset.captions_csv="$DEMOS/captions.csv" dataset.caption_lines=400 dataset.visual_repeat=20 \
-    train.max_steps=400 train.eval_every=100 train.save_every=50 train.threads=1 seed=1 \
-    train.init_from=runs/director-default/final
-
 rm -rf director/checkpoints/default && mkdir -p director/checkpoints
-cp -r runs/director-default-2/final director/checkpoints/default
+cp -r runs/director-default/final director/checkpoints/default
 echo "shipped: director/checkpoints/default"

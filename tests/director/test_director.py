@@ -129,6 +129,13 @@ def test_train_writes_checkpoints_logs_and_resumes_bit_identically(tiny_cookgen,
     resumed = train(_train_cfg(tiny_cookgen, tmp_path / "b"), progress=False)
     a, b = trained_tensors(full), trained_tensors(resumed)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # bit-identical
+    # train.init_from starts from a trained director: with lr 0 its weights come out unchanged
+    same = train(
+        _train_cfg(tiny_cookgen, tmp_path / "d", **{"train.init_from": str(full), "train.lr": 0.0, "seed": 3}),
+        progress=False,
+    )
+    d = trained_tensors(same)
+    assert all(torch.equal(a[k], d[k]) for k in a)
     # and a run that differs (another seed) does not match: the comparison can fail
     other = train(_train_cfg(tiny_cookgen, tmp_path / "c", seed=1), progress=False)
     c = trained_tensors(other)
