@@ -1,1 +1,1 @@
-"""StoryAnchors-style bidirectional story-frame generation (Wang et al., 2025); see docs/readme/anchors.md."""
+"""StoryAnchors-style bidirectional story-frame generation (Wang et al., 2025); see the README section "anchors"."""

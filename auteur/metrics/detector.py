@@ -26,7 +26,7 @@ without the files a backend needs) the metric is skipped with the reason.
 ViStoryBench itself counts characters with Grounding DINO and identity matching; a person detector is a
 cheaper stand-in that is only meaningful for human characters, and the built-in HOG and face detectors
 see whole upright people and frontal faces, not the hands and forearms of a cooking close-up (measured
-counts in docs/readme/compare.md).
+counts in the README, comparison experiments).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """The OpenCV person counter: NMS, config, skips with a reason, and the real detectors on the shared real
-photos and VideoAuteur demo frames (counts measured once and documented in docs/readme/compare.md)."""
+photos and VideoAuteur demo frames (counts measured once and documented in the README (comparison experiments))."""
 
 from __future__ import annotations
 
