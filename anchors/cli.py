@@ -55,7 +55,7 @@ def _parser() -> ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
 
     g = sub.add_parser("generate", help="generate a story's frames jointly, as a Plan folder")
-    g.add_argument("--story", required=True, type=Path, help="story JSON (see the README section "anchors")")
+    g.add_argument("--story", required=True, type=Path, help="story JSON (see the README section on anchors)")
     g.add_argument(
         "--frames", type=int, help="number of story frames (default: the story's, else generate.num_frames)"
     )
