@@ -25,7 +25,8 @@ import torch
 from PIL import Image
 
 from anchors.captions import Event, Story
-from anchors.config import AnchorsError, DataConfig
+from anchors.config import DataConfig
+from auteur.builds import build_space
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +94,7 @@ def load_story_samples(folders: list[str], split: str, cfg: DataConfig, height: 
     samples: list[StorySample] = []
     for d in folders:
         folder = Path(d)
-        if not (folder / "cookgen.json").is_file():
-            raise AnchorsError(f"{folder} is not a CookGen build (cookgen.json not found)")
+        build_space(folder)  # raises BuildError unless folder is a CookGen build
         if not (folder / split).is_dir():
             continue
         ds = load_from_disk(str(folder / split))

@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from anchors.config import AnchorsError, ModelConfig
+from auteur.tokenizers import byte_level_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -41,31 +42,9 @@ CONDITION_NAMES = ("fps", "frame_interval", "motion", "width", "height", "num_fr
 FORMAT = "anchors/1"
 META = "anchors.json"
 WEIGHTS = "model.safetensors"
-PAD, EOS, UNK = "<pad>", "</s>", "<unk>"
 
 
 # --------------------------------------------------------------------------------------------- text
-
-
-def build_tiny_tokenizer(max_tokens: int):
-    """A byte-level tokenizer built locally (256 byte tokens + ``<pad>``, ``</s>``, ``<unk>``): no hub files.
-
-    No merges are learned, so every text round-trips and the vocabulary is fixed (259 ids; pad = 0 as T5).
-    """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    alphabet = pre_tokenizers.ByteLevel.alphabet()
-    vocab = {PAD: 0, EOS: 1, UNK: 2}
-    for ch in sorted(alphabet):
-        vocab[ch] = len(vocab)
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token=UNK))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.post_processor = processors.TemplateProcessing(single=f"$A {EOS}", special_tokens=[(EOS, 1)])
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token=PAD, eos_token=EOS, unk_token=UNK, model_max_length=max_tokens
-    )
 
 
 class TextEncoder(nn.Module):
@@ -299,7 +278,7 @@ def _tiny_components(cfg: ModelConfig) -> tuple[nn.Module, nn.Module, TextEncode
         latents_std=[1.0] * v.z_dim,
         scale_factor_spatial=2 ** (len(v.dim_mult) - 1),
     )
-    tokenizer = build_tiny_tokenizer(x.max_tokens)
+    tokenizer = byte_level_tokenizer(x.max_tokens)
     torch.manual_seed(cfg.seed)
     t5 = T5EncoderModel(
         T5Config(
@@ -424,6 +403,5 @@ __all__ = [
     "TextEncoder",
     "WidenedPatchEmbedding",
     "build_anchors",
-    "build_tiny_tokenizer",
     "check_num_frames",
 ]

@@ -14,13 +14,13 @@ block and its ``<|vis|>`` slots carry none. Each image block's target is the ste
 from __future__ import annotations
 
 import csv
-import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from auteur.builds import build_space
 from auteur.plan import VisualSpace
 from director.backbone import DirectorError
 
@@ -40,22 +40,13 @@ def dish_query(dish: str) -> str:
     return f"how to make {dish.strip()}"
 
 
-def read_manifest_space(folder: Path) -> VisualSpace | None:
-    """The visual space a CookGen build was embedded in (None for a text-only build)."""
-    manifest = folder / "cookgen.json"
-    if not manifest.is_file():
-        raise DirectorError(f"{folder} is not a CookGen build (cookgen.json not found)")
-    space = json.loads(manifest.read_text()).get("embedding_space")
-    return VisualSpace(space["name"], int(space["dim"])) if space else None
-
-
 def load_episodes(folder: str | Path, split: str, space: VisualSpace | None) -> list[Episode]:
     """Episodes of one split of a CookGen build; embeddings must be in ``space`` (checked), else dropped
     when the build is text-only. A missing split gives an empty list."""
     from datasets import load_from_disk
 
     folder = Path(folder)
-    got = read_manifest_space(folder)
+    got = build_space(folder)
     if got is not None and space is not None:
         space.check_same(got, what=f"embeddings of {folder}")
     if not (folder / split).is_dir():

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from auteur import training
+from auteur.builds import build_space
 from auteur.config import from_dict, save_config, to_dict
 from auteur.io import atomic_dir
 from auteur.plan import VisualSpace
@@ -39,7 +40,6 @@ from director.data import (
     epoch_order,
     load_caption_lines,
     load_episodes,
-    read_manifest_space,
     windows,
 )
 
@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 
 def resolve_space(cfg: DirectorConfig) -> VisualSpace:
     """The visual space of the training data (all builds must agree); the configured encoder's if none has one."""
-    spaces = {read_manifest_space(Path(d)) for d in cfg.data} - {None}
+    spaces = {build_space(Path(d)) for d in cfg.data} - {None}
     if len(spaces) > 1:
         names = ", ".join(sorted(s.name for s in spaces))
         raise DirectorError(

@@ -21,6 +21,7 @@ from PIL import Image
 
 from auteur.config import to_dict
 from auteur.plan import VisualSpace
+from auteur.tokenizers import byte_level_tokenizer
 from renderer.adapter import EmbeddingAdapter, append_tokens
 from renderer.canvas import make_canvas, tiled_caption
 from renderer.config import FluxConfig, RenderConfig
@@ -34,26 +35,6 @@ ADAPTER_FILE = "adapter.safetensors"
 
 
 # --------------------------------------------------------------------------------------------- tiny components
-
-
-def build_tiny_tokenizer(max_length: int):
-    """A byte-level tokenizer with no merges (one token per UTF-8 byte, plus <pad> </s> <unk> <s>), built locally.
-
-    Deterministic, round-trips any text, needs no training and no hub; ``</s>`` is appended to every sequence
-    (CLIP pools at the eos token, T5 ends with it).
-    """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    specials = ["<pad>", "</s>", "<unk>", "<s>"]
-    vocab = {t: i for i, t in enumerate(specials + sorted(pre_tokenizers.ByteLevel.alphabet()))}
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>", model_max_length=max_length
-    )
 
 
 def tiny_model_id(cfg: FluxConfig) -> str:
@@ -74,8 +55,8 @@ def _tiny_components(cfg: FluxConfig) -> dict[str, Any]:
         )
     vae_scale = 2 ** (len(cfg.vae_block_out_channels) - 1)
     packed = cfg.latent_channels * 4  # 2x2 latent patches packed into channels
-    tokenizer = build_tiny_tokenizer(cfg.clip_max_length)
-    tokenizer_2 = build_tiny_tokenizer(cfg.max_sequence_length)
+    tokenizer = byte_level_tokenizer(cfg.clip_max_length, extra_specials=["<s>"])  # <s> = 3: CLIP's bos id
+    tokenizer_2 = byte_level_tokenizer(cfg.max_sequence_length, extra_specials=["<s>"])
     vocab = len(tokenizer)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.init_seed)

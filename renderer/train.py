@@ -21,7 +21,6 @@ and ``resume=auto`` continues from the newest. The final checkpoint is ``RUN/fin
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import sys
@@ -35,6 +34,7 @@ import torch
 from PIL import Image
 
 from auteur import training
+from auteur.builds import build_space
 from auteur.config import save_config
 from auteur.io import atomic_dir
 from auteur.plan import VisualSpace
@@ -57,13 +57,10 @@ class Episode:
 
 
 def _manifest_space(folder: Path) -> VisualSpace:
-    manifest = folder / "cookgen.json"
-    if not manifest.is_file():
-        raise RendererError(f"{folder} is not a CookGen build (cookgen.json not found)")
-    space = json.loads(manifest.read_text()).get("embedding_space")
-    if not space:
+    space = build_space(folder)
+    if space is None:
         raise RendererError(f"{folder} is a text-only CookGen build: renderer training needs keyframes and embeddings")
-    return VisualSpace(space["name"], int(space["dim"]))
+    return space
 
 
 def load_episodes(folders: list[str], split: str = "train") -> tuple[list[Episode], VisualSpace]:

@@ -16,7 +16,6 @@ weights as an uninterrupted one. ``RUN/final`` is a checkpoint ``videogen genera
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ import torch
 from PIL import Image
 
 from auteur import training
+from auteur.builds import build_space
 from auteur.config import save_config
 from auteur.io import atomic_dir
 from auteur.plan import VisualSpace
@@ -57,13 +57,10 @@ def load_samples(cfg: VideogenConfig) -> tuple[list[dict[str, Any]], VisualSpace
     w = cfg.wan
     for d in cfg.data:
         root = Path(d)
-        manifest = root / "cookgen.json"
-        if not manifest.is_file():
-            raise VideogenError(f"{root} is not a CookGen build (no cookgen.json)")
-        space = json.loads(manifest.read_text()).get("embedding_space")
-        if not space:
+        space = build_space(root)
+        if space is None:
             raise VideogenError(f"{root} is a text-only CookGen build: videogen needs clips and embeddings")
-        spaces.add(VisualSpace(space["name"], int(space["dim"])))
+        spaces.add(space)
         if not (root / cfg.split).is_dir():
             raise VideogenError(f"{root} has no '{cfg.split}' split")
         for row in load_from_disk(str(root / cfg.split)):

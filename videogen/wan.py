@@ -30,6 +30,7 @@ from PIL import Image
 from auteur.config import to_dict
 from auteur.io import atomic_dir
 from auteur.plan import VisualSpace
+from auteur.tokenizers import byte_level_tokenizer
 from videogen.config import LoraConfig, VideogenConfig, WanConfig
 from videogen.errors import VideogenError
 from videogen.projector import EmbeddingProjector
@@ -75,22 +76,6 @@ def check_frames(frames: int) -> None:
         )
 
 
-def build_byte_tokenizer():
-    """A byte-level tokenizer built locally (no merges, so no training): ``<pad>``=0, ``</s>``=1, ``<unk>``=2."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    specials = ["<pad>", "</s>", "<unk>"]
-    vocab = {t: i for i, t in enumerate(specials)}
-    for ch in sorted(pre_tokenizers.ByteLevel.alphabet()):
-        vocab[ch] = len(vocab)
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
-
-
 def build_components(cfg: WanConfig) -> dict[str, Any]:
     """The pipeline's components: ``tiny`` from config (seeded), or ``pretrained`` from a local folder."""
     from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanTransformer3DModel
@@ -120,7 +105,7 @@ def build_components(cfg: WanConfig) -> dict[str, Any]:
         num_res_blocks=1,
         temperal_downsample=[False, True, True],
     ).eval()
-    tokenizer = build_byte_tokenizer()
+    tokenizer = byte_level_tokenizer()
     torch.manual_seed(0)
     text_encoder = UMT5EncoderModel(
         UMT5Config(
