@@ -1,4 +1,3 @@
-import importlib.util
 import json
 import sys
 
@@ -69,8 +68,6 @@ def test_run_reports_a_failing_stage_in_one_line(tmp_path, capsys):
 
 
 def test_auteur_run_end_to_end_with_the_renderer(tmp_path, capsys):
-    if importlib.util.find_spec("renderer") is None:
-        pytest.skip("the renderer package is not installed yet: end-to-end `auteur run` test skipped")
     vg = tmp_path / "small.yaml"
     vg.write_text(SMALL_VIDEOGEN)
     out = tmp_path / "run"
