@@ -26,6 +26,8 @@ class DataConfig:
     max_val_samples: int = 64
     caption_lines: int = 0  # how many captions.csv lines join the training samples (0: none)
     visual_repeat: int = 1  # repeat the windows that carry visual states (few next to text-only recipes)
+    # batch samples of similar length together (less padding; Hugging Face's group_by_length)
+    group_by_length: bool = False
 
 
 @dataclass

@@ -169,3 +169,25 @@ def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
     order = list(range(n))
     random.Random(seed * 1_000_003 + epoch).shuffle(order)
     return order
+
+
+def grouped_order(lengths: list[int], batch_size: int, seed: int, epoch: int, megabatch: int = 32) -> list[int]:
+    """An epoch order whose batches hold samples of similar length (less padding; same samples as
+    :func:`epoch_order`).
+
+    The seeded permutation of :func:`epoch_order` is cut into megabatches of ``megabatch`` batches; each is
+    sorted by length (longest first) and cut into batches, and the batches are shuffled with a generator fixed
+    by ``(seed, epoch)`` (a short last batch stays last, where the loop drops it) -- the same idea as Hugging Face's ``group_by_length``. Deterministic, so a resumed run
+    replays it.
+    """
+    order = epoch_order(len(lengths), seed, epoch)
+    size = max(1, batch_size) * max(1, megabatch)
+    batches: list[list[int]] = []
+    for m in range(0, len(order), size):
+        chunk = sorted(order[m : m + size], key=lambda i: -lengths[i])
+        batches += [chunk[b : b + batch_size] for b in range(0, len(chunk), batch_size)]
+    full = [b for b in batches if len(b) == batch_size]
+    random.Random(seed * 1_000_003 + epoch + 7).shuffle(full)
+    rest = [i for b in batches if len(b) != batch_size for i in b]  # the short batch stays last (dropped)
+    return [i for b in full for i in b] + rest
+

@@ -38,6 +38,7 @@ from director.data import (
     SequenceBuilder,
     collate,
     epoch_order,
+    grouped_order,
     load_caption_lines,
     load_episodes,
     windows,
@@ -239,6 +240,7 @@ def train(cfg: DirectorConfig, stop_after: int | None = None, progress: bool = T
 
     # 3. the loop
     per_epoch = max(1, len(train_samples) // cfg.train.batch_size)
+    lengths = [len(s["input_ids"]) for s in train_samples]
     bar = tqdm(
         total=cfg.train.max_steps,
         initial=step,
@@ -249,7 +251,10 @@ def train(cfg: DirectorConfig, stop_after: int | None = None, progress: bool = T
     t0 = time.perf_counter()
     while step < cfg.train.max_steps:
         epoch, pos = divmod(step * cfg.train.grad_accum, per_epoch)
-        order = epoch_order(len(train_samples), cfg.seed, epoch)
+        if cfg.dataset.group_by_length:
+            order = grouped_order(lengths, cfg.train.batch_size, cfg.seed, epoch)
+        else:
+            order = epoch_order(len(train_samples), cfg.seed, epoch)
         parts: dict[str, torch.Tensor] = {}
         for micro in range(cfg.train.grad_accum):
             b = (pos + micro) % per_epoch
