@@ -63,6 +63,9 @@ class PlanConfig:
     # the same for plans with captions (the context then holds captions, which few training recipes had)
     end_threshold_captions: float = 0.5
     captions: bool = True  # generate a caption for each step (False: actions and visual states only)
+    # greedy decoding verifies up to this many tokens drafted from the context (prompt lookup) per forward;
+    # the plan is the same as token-by-token decoding, only faster (0: off; sampling never drafts)
+    lookup_tokens: int = 0
 
 
 @dataclass

@@ -57,8 +57,9 @@ class _Feeder:
         self.n_forward_tokens = 0
 
     @torch.inference_mode()
-    def feed(self, ids: list[int], vis: torch.Tensor | None = None, want_hidden: bool = False):
-        """Append ``ids`` (``vis`` [M, D] fills their <|vis|> slots); returns (last logits [V], last hidden [L, H])."""
+    def feed(self, ids: list[int], vis: torch.Tensor | None = None, want_hidden: bool = False, every: bool = False):
+        """Append ``ids`` (``vis`` [M, D] fills their <|vis|> slots); returns (last logits [V], last hidden [L, H]),
+        or with ``every`` the logits after each of ``ids`` ([len(ids), V]) in place of the last ones."""
         self.ids += ids
         if vis is not None:
             self.vis += list(vis)
@@ -73,7 +74,30 @@ class _Feeder:
         if self.use_cache:
             self.cache = out.past_key_values
         hidden = out.hidden_states[-1][0, -len(ids) :] if want_hidden else None
+        if every:
+            return out.logits[0, -len(ids) :].float(), hidden
         return out.logits[0, -1].float(), hidden
+
+    def crop(self, n: int) -> None:
+        """Forget everything after the first ``n`` tokens (rejected draft tokens); text tokens only."""
+        drop = len(self.ids) - n
+        self.ids = self.ids[:n]
+        if self.cache is not None and drop > 0:
+            self.cache.crop(-drop)  # transformers >= 5: a negative count removes that many tokens
+
+
+def lookup_draft(context: list[int], k: int, max_ngram: int = 3) -> list[int]:
+    """Prompt-lookup drafting (Saxena 2023; transformers' ``prompt_lookup_num_tokens``): find the latest earlier
+    occurrence of the context's last ``n`` tokens (``n`` from ``max_ngram`` down to 1) and propose the up to ``k``
+    tokens that followed it. Recipes repeat themselves ("add the ... to the pan"), so drafts are often right."""
+    if k <= 0:
+        return []
+    for n in range(min(max_ngram, len(context) - 1), 0, -1):
+        tail = context[-n:]
+        for start in range(len(context) - n - 1, -1, -1):
+            if context[start : start + n] == tail:
+                return context[start + n : start + n + k]
+    return []
 
 
 class Planner:
@@ -118,17 +142,39 @@ class Planner:
         ``seen`` holds the tokens of the same field in earlier steps (for the repetition penalty); the tokens
         sampled here are appended to it."""
         out: list[int] = []
+        lookup = self.cfg.lookup_tokens if (self.cfg.temperature <= 0 and f.use_cache) else 0
         while len(out) < limit:
             t = self._sample(logits, gen, seen + out)
-            if t in self.stop_ids or "\n" in self.tok.decode([t]):
+            if self._ends(t):
                 break
             out.append(t)
+            draft = lookup_draft(f.ids + [t], min(lookup, limit - len(out)))
             t0 = time.perf_counter()
-            logits, _ = f.feed([t])
+            if not draft:
+                logits, _ = f.feed([t])
+            else:
+                # verify the draft in one forward: keep the longest prefix that greedy decoding would have
+                # produced token by token, then drop the rest from the cache (the plan is unchanged)
+                rows, _ = f.feed([t, *draft], every=True)
+                kept = 0
+                while kept < len(draft):
+                    nxt = self._sample(rows[kept], gen, seen + out)
+                    if nxt != draft[kept] or self._ends(nxt):
+                        break
+                    out.append(nxt)
+                    kept += 1
+                f.crop(len(f.ids) - (len(draft) - kept))
+                logits = rows[kept]
+                stats["draft_tokens"] = stats.get("draft_tokens", 0) + len(draft)
+                stats["accepted_draft_tokens"] = stats.get("accepted_draft_tokens", 0) + kept
             stats["decode_seconds"] += time.perf_counter() - t0
-            stats["decode_tokens"] += 1
+            stats["decode_tokens"] += 1 + (kept if draft else 0)
+            stats["decode_forwards"] = stats.get("decode_forwards", 0) + 1
         seen += out
         return self.tok.decode(out).strip()
+
+    def _ends(self, t: int) -> bool:
+        return t in self.stop_ids or "\n" in self.tok.decode([t])
 
     def _visual(self, f: _Feeder, z: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Feed the image block; returns (predicted z [D], logits after the block). ``z`` overrides the input."""

@@ -178,6 +178,28 @@ def test_kv_cache_gives_the_same_plan_as_reencoding() -> None:
     assert without.stats["forward_tokens"] > 3 * without.stats["context_tokens"]
 
 
+def test_lookup_drafting_changes_the_speed_not_the_plan() -> None:
+    director, backbone, cfg = tiny_director()
+    cfg.plan.max_steps = 4
+    plain = Planner(director, cfg.plan).plan("how to make pancakes", seed=0)
+    cfg.plan.lookup_tokens = 4
+    fast = Planner(director, cfg.plan).plan("how to make pancakes", seed=0)
+    assert [(s.action, s.caption) for s in fast.steps] == [(s.action, s.caption) for s in plain.steps]
+    torch.testing.assert_close(fast.embeddings, plain.embeddings, rtol=1e-4, atol=1e-5)
+    assert fast.stats["decode_tokens"] == plain.stats["decode_tokens"]
+    # drafts were tried and some verified, so fewer forwards decoded the same tokens
+    assert fast.stats["accepted_draft_tokens"] > 0 and fast.stats["draft_tokens"] > fast.stats["accepted_draft_tokens"]
+    assert fast.stats["decode_forwards"] < plain.stats["decode_forwards"]
+
+
+def test_lookup_draft_proposes_what_followed_the_latest_match() -> None:
+    from director.plan import lookup_draft
+
+    assert lookup_draft([5, 6, 7, 8, 1, 5, 6, 9, 2, 5, 6], 3) == [9, 2, 5]  # latest match of the 2-gram (5, 6)
+    assert lookup_draft([1, 2, 3, 4, 2], 2) == [3, 4]  # falls back to a 1-gram
+    assert lookup_draft([1, 2, 3], 2) == [] and lookup_draft([1, 2, 1], 0) == []
+
+
 def test_plan_lengths_and_continuation() -> None:
     director, backbone, cfg = tiny_director()
     planner = Planner(director, cfg.plan)
