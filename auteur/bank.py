@@ -17,7 +17,6 @@ folder holds
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ import torch
 from PIL import Image
 
 from auteur.errors import AuteurError, PlanError
+from auteur.io import read_json_object
 from auteur.plan import VisualSpace, read_space
 
 BANK_FILE = "bank.json"
@@ -74,12 +74,7 @@ def load_bank(folder: str | Path | None) -> FrameBank:
     if not is_bank(folder):
         raise BankError(f"frame bank not found: {folder} has no {BANK_FILE}; {BUILD_HINT}")
     path = folder / BANK_FILE
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise BankError(f"{path} is not valid JSON: {e}") from None
-    if not isinstance(meta, dict):
-        raise BankError(f"{path}: top level must be an object")
+    meta = read_json_object(path, BankError)
     if meta.get("format") not in READABLE_FORMATS:
         raise BankError(f"{path}: format {meta.get('format')!r} is not one this version reads ({BANK_FORMAT})")
     try:

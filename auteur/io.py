@@ -105,3 +105,17 @@ def ensure_writable_dir(path: str | os.PathLike) -> Path:
     except OSError as e:
         raise AuteurError(f"output folder {path} is not writable: {e.strerror or e}") from None
     return path
+
+
+def read_json_object(path: str | os.PathLike, error: type[Exception]) -> dict[str, Any]:
+    """Read ``path`` as a JSON object; a file that is not UTF-8 JSON or not an object raises ``error`` with
+    one line naming the file (callers check the file exists first, with their own hint)."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise error(f"{path} is not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise error(f"{path}: top level must be an object")
+    return data
+

@@ -15,7 +15,6 @@ with the offending field named.
 
 from __future__ import annotations
 
-import json
 import platform
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +23,7 @@ from typing import Any
 import torch
 
 from auteur.errors import PlanError
-from auteur.io import atomic_path, atomic_write_json
+from auteur.io import atomic_path, atomic_write_json, read_json_object
 
 PLAN_FORMAT = "auteur.plan/1"
 PLAN_FILE = "plan.json"
@@ -193,12 +192,7 @@ def load_plan(folder: str | Path) -> Plan:
     path = folder / PLAN_FILE
     if not path.is_file():
         raise PlanError(f"{folder} is not a plan folder: {PLAN_FILE} not found")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise PlanError(f"{path} is not valid JSON: {e}") from None
-    if not isinstance(data, dict):
-        raise PlanError(f"{path}: top level must be an object")
+    data = read_json_object(path, PlanError)
     where = PLAN_FILE
     fmt = data.get("format", PLAN_FORMAT)
     if fmt != PLAN_FORMAT:

@@ -62,7 +62,11 @@ def main() -> int:
             res = planners[name].plan(args.query, steps=args.steps, seed=0, use_cache=use_cache)
             runs.append((time.perf_counter() - t0, res))
         best[name, use_cache] = min(runs, key=lambda r: r[0])
-    (t_fast, r_fast), (t_cache, r_cache), (t_full, r_full) = best["lookup", True], best["plain", True], best["plain", False]
+    (t_fast, r_fast), (t_cache, r_cache), (t_full, r_full) = (
+        best["lookup", True],
+        best["plain", True],
+        best["plain", False],
+    )
 
     def text(r):
         return [(s.action, s.caption) for s in r.steps]

@@ -177,8 +177,8 @@ def grouped_order(lengths: list[int], batch_size: int, seed: int, epoch: int, me
 
     The seeded permutation of :func:`epoch_order` is cut into megabatches of ``megabatch`` batches; each is
     sorted by length (longest first) and cut into batches, and the batches are shuffled with a generator fixed
-    by ``(seed, epoch)`` (a short last batch stays last, where the loop drops it) -- the same idea as Hugging Face's ``group_by_length``. Deterministic, so a resumed run
-    replays it.
+    by ``(seed, epoch)`` (a short last batch stays last, where the loop drops it) -- the same idea as
+    Hugging Face's ``group_by_length``. Deterministic, so a resumed run replays it.
     """
     order = epoch_order(len(lengths), seed, epoch)
     size = max(1, batch_size) * max(1, megabatch)
@@ -190,4 +190,3 @@ def grouped_order(lengths: list[int], batch_size: int, seed: int, epoch: int, me
     random.Random(seed * 1_000_003 + epoch + 7).shuffle(full)
     rest = [i for b in batches if len(b) != batch_size for i in b]  # the short batch stays last (dropped)
     return [i for b in full for i in b] + rest
-

@@ -89,6 +89,7 @@ def main() -> int:
             + " ".join(f"{p:.2f}" for p in p_done),
             flush=True,
         )
+
     def length_error(tau: float) -> float:
         return statistics.mean(abs(implied_length(p, tau, cfg.plan.max_steps) - n) for _, n, p in rows)
 
@@ -114,7 +115,9 @@ def main() -> int:
 
         scores = {tau: semantic(tau) for tau in taus}
     best = max(taus, key=lambda t: (scores[t], -abs(t - 0.5)))
-    extra = "" if args.objective == "length" else f"; training-video semantic sim {scores[best]:.4f} (0.50: {scores[0.5]:.4f})"
+    extra = ""
+    if args.objective == "semantic":
+        extra = f"; training-video semantic sim {scores[best]:.4f} (0.50: {scores[0.5]:.4f})"
     print(
         f"best {key} = {best:.2f} by {args.objective} (mean |length error| {length_error(best):.2f} steps on "
         f"{len(rows)} training dishes; 0.50 gives {length_error(0.5):.2f}{extra})"

@@ -50,11 +50,12 @@ def main() -> int:
         return statistics.mean(ordered_semantic_similarity(get(v.query), v.steps, enc) for v in val)
 
     for name, by_query in plans.items():
-        print(f"{name:40s} {score(lambda q: by_query[q]):.4f}", flush=True)
+        print(f"{name:40s} {score(lambda q, p=by_query: p[q]):.4f}", flush=True)
     if "director" in plans:
         d = plans["director"]
         for k in (5, 6, 7, 8):
-            print(f"{'director, plans cut after %d steps' % k:40s} {score(lambda q: d[q][:k]):.4f}", flush=True)
+            label = f"director, plans cut after {k} steps"
+            print(f"{label:40s} {score(lambda q, k=k: d[q][:k]):.4f}", flush=True)
     by_dish = defaultdict(list)
     for v in train:
         by_dish[v.query].append(v.steps)
