@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -69,12 +70,29 @@ def read_meta(folder: str | Path) -> dict[str, Any]:
     return meta
 
 
-def load_checkpoint_into(director: Director, folder: str | Path) -> None:
-    """Apply a checkpoint's adapter and extras to a director built with the same config."""
+def check_growable(old: ModelConfig, new: ModelConfig, folder: str | Path) -> None:
+    """``train.init_from`` needs the same model config, except that the new run may put LoRA on more modules
+    (same rank, alpha and dropout): the checkpoint's adapters are loaded and the added ones start as peft
+    initialises them (B = 0, so the model computes exactly what the checkpoint computed)."""
+    old_targets, new_targets = set(old.lora.target_modules), set(new.lora.target_modules)
+    same_rest = replace(old, lora=replace(old.lora, target_modules=[])) == replace(
+        new, lora=replace(new.lora, target_modules=[])
+    )
+    if not same_rest or not old_targets <= new_targets:
+        raise DirectorError(
+            f"train.init_from {folder} has another model config than this run "
+            "(only adding LoRA target modules is allowed)"
+        )
+
+
+def load_checkpoint_into(director: Director, folder: str | Path, partial_adapter: bool = False) -> None:
+    """Apply a checkpoint's adapter and extras to a director built with the same config; with
+    ``partial_adapter`` the director may have LoRA on modules the checkpoint has none for (they keep their
+    initial values)."""
     folder = Path(folder)
     try:
         if director.cfg.lora.enabled:
-            director.load_adapter_state(load_file(str(folder / ADAPTER)))
+            director.load_adapter_state(load_file(str(folder / ADAPTER)), allow_missing=partial_adapter)
         director.load_extra_state(load_file(str(folder / EXTRA)))
     except (OSError, RuntimeError, KeyError, ValueError) as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__

@@ -281,7 +281,9 @@ class Director(nn.Module):
 
         return {k: v.detach() for k, v in get_peft_model_state_dict(self.lm).items()}
 
-    def load_adapter_state(self, tensors: dict[str, torch.Tensor]) -> None:
+    def load_adapter_state(self, tensors: dict[str, torch.Tensor], allow_missing: bool = False) -> None:
+        """Load LoRA weights; every tensor must have a place, and (unless ``allow_missing``) every LoRA weight
+        of this model must be given."""
         if not self.cfg.lora.enabled:
             return
         from peft import set_peft_model_state_dict
@@ -290,6 +292,9 @@ class Director(nn.Module):
         unexpected = getattr(result, "unexpected_keys", [])
         if unexpected:
             raise ValueError(f"adapter has {len(unexpected)} unexpected tensors, e.g. {unexpected[0]}")
+        missing = [k for k in getattr(result, "missing_keys", []) if "lora_" in k]
+        if missing and not allow_missing:
+            raise ValueError(f"adapter lacks {len(missing)} LoRA tensors, e.g. {missing[0]}")
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]

@@ -32,7 +32,15 @@ from auteur.io import atomic_dir
 from auteur.plan import VisualSpace
 from auteur.training import SimulatedKill as SimulatedKill  # re-exported: tests catch `director.train.SimulatedKill`
 from director.backbone import DirectorError
-from director.checkpoint import ADAPTER, EXTRA, build_director, load_checkpoint_into, read_meta, save_checkpoint
+from director.checkpoint import (
+    ADAPTER,
+    EXTRA,
+    build_director,
+    check_growable,
+    load_checkpoint_into,
+    read_meta,
+    save_checkpoint,
+)
 from director.config import DirectorConfig, ModelConfig
 from director.data import (
     SequenceBuilder,
@@ -150,9 +158,8 @@ def train(cfg: DirectorConfig, stop_after: int | None = None, progress: bool = T
                 f"not on the configured backbone {backbone.model_id}"
             )
         VisualSpace(init["space"]["name"], int(init["space"]["dim"])).check_same(space, "the data's visual states")
-        if from_dict(ModelConfig, init["model"]) != cfg.model:
-            raise DirectorError(f"train.init_from {cfg.train.init_from} has another model config than this run")
-        load_checkpoint_into(director, cfg.train.init_from)
+        check_growable(from_dict(ModelConfig, init["model"]), cfg.model, cfg.train.init_from)
+        load_checkpoint_into(director, cfg.train.init_from, partial_adapter=True)
     builder = SequenceBuilder(backbone.tokenizer, director.image_block_ids(), cfg.model.order, cfg.dataset.max_tokens)
     train_samples = _load_samples(cfg, builder, space, cfg.dataset.train_split)
     if cfg.dataset.visual_repeat > 1:

@@ -10,7 +10,7 @@ import torch
 
 from auteur.config import load_config
 from auteur.plan import VisualSpace, load_plan
-from director.backbone import BackboneConfig, load_backbone
+from director.backbone import BackboneConfig, DirectorError, load_backbone
 from director.checkpoint import build_director
 from director.cli import main
 from director.config import PRESETS, DirectorConfig
@@ -136,6 +136,24 @@ def test_train_writes_checkpoints_logs_and_resumes_bit_identically(tiny_cookgen,
     )
     d = trained_tensors(same)
     assert all(torch.equal(a[k], d[k]) for k in a)
+    # it may add LoRA target modules (a bigger adapter grown from a smaller one): the old tensors load, the new
+    # ones start at peft's init (B = 0); removing a module or changing anything else is refused
+    grown = train(
+        _train_cfg(
+            tiny_cookgen,
+            tmp_path / "g",
+            **{"train.init_from": str(full), "train.lr": 0.0, "model.lora.target_modules": "[q_proj,v_proj,o_proj]"},
+        ),
+        progress=False,
+    )
+    g = trained_tensors(grown)
+    assert all(torch.equal(a[k], g[k]) for k in a)
+    added = [k for k in g if k not in a]
+    assert added and all("o_proj" in k for k in added)
+    assert all(not g[k].any() for k in added if "lora_B" in k)
+    for bad in ({"model.lora.target_modules": "[q_proj]"}, {"model.lora.r": 8}):
+        with pytest.raises(DirectorError, match="another model config"):
+            train(_train_cfg(tiny_cookgen, tmp_path / "x", **{"train.init_from": str(full), **bad}), progress=False)
     # and a run that differs (another seed) does not match: the comparison can fail
     other = train(_train_cfg(tiny_cookgen, tmp_path / "c", seed=1), progress=False)
     c = trained_tensors(other)
