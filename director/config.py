@@ -66,6 +66,9 @@ class PlanConfig:
     # greedy decoding verifies up to this many tokens drafted from the context (prompt lookup) per forward;
     # the plan is the same as token-by-token decoding, only faster (0: off; sampling never drafts)
     lookup_tokens: int = 0
+    # fold the LoRA weights into the base weights before planning (peft ``merge_adapter``): one matrix per layer
+    # instead of three, the same function up to float rounding; the director is then for inference only
+    merge_lora: bool = False
 
 
 @dataclass

@@ -161,6 +161,7 @@ class Director(nn.Module):
             )
             lm = get_peft_model(lm, lora)
         self.lm = lm
+        self.lora_merged = False
         hidden = self.embedding_layer().weight.shape[1]
         self.hidden = hidden
         ids = tokenizer.convert_tokens_to_ids
@@ -238,6 +239,8 @@ class Director(nn.Module):
         Teacher forcing: the ground-truth z of each step fills its ``<|vis|>`` slots, and the query states of
         its image block are regressed onto it. Returns the total and its parts (plus L2 and cosine metrics).
         """
+        if self.lora_merged:
+            raise RuntimeError("this director's LoRA is merged into the base weights (inference only)")
         ids, targets = batch["input_ids"], batch["targets"]
         out = self.run(ids, targets if targets.numel() else None, batch["attention_mask"], hidden=True)
         logits = out.logits[:, :-1].float()
@@ -295,6 +298,14 @@ class Director(nn.Module):
         missing = [k for k in getattr(result, "missing_keys", []) if "lora_" in k]
         if missing and not allow_missing:
             raise ValueError(f"adapter lacks {len(missing)} LoRA tensors, e.g. {missing[0]}")
+
+    def merge_lora(self) -> None:
+        """Fold the LoRA weights into the base weights (peft ``merge_adapter``), for faster inference: the LM
+        computes the same function up to float rounding with one matrix per adapted layer. Idempotent. Inference
+        only: training a merged director would apply the adapter twice."""
+        if self.cfg.lora.enabled and not self.lora_merged:
+            self.lm.merge_adapter()
+            self.lora_merged = True
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
