@@ -6,6 +6,7 @@
 #   1. 400 steps x batch 4 on windows of 4 steps (~25 min on a 2-core CPU)
 #   2. 510 steps x batch 8 on whole recipes, length-grouped batches, lr 3e-4 (3 epochs, ~45 min)
 #   3. 510 steps x batch 8, the same data, lr 6e-4 (3 more epochs, ~45 min)
+#   4. 510 steps x batch 8, the same data, lr 8e-4, LoRA grown onto the MLP projections too (~50 min)
 # Usage: bash scripts/train_default_director.sh [SHARED_DATA_DIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -40,10 +41,16 @@ $BIN/director train --config default \
     data=runs/cookgen-youcook2,runs/cookgen-demos,runs/cookgen-demos-val out=runs/director-default-s3 \
     $WHOLE train.init_from=runs/director-default-s2/final train.lr=0.0006 seed=2
 
+# shellcheck disable=SC2086
+$BIN/director train --config default \
+    data=runs/cookgen-youcook2,runs/cookgen-demos,runs/cookgen-demos-val out=runs/director-default-s4 \
+    $WHOLE "model.lora.target_modules=[q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj]" \
+    train.init_from=runs/director-default-s3/final train.lr=0.0008 seed=3
+
 # the end rule for plans without captions, chosen on the YouCook2 training videos (put it in the preset)
-$BIN/python scripts/calibrate_end_threshold.py --preset runs/director-default-s3/final --dishes 0 --no-captions \
+$BIN/python scripts/calibrate_end_threshold.py --preset runs/director-default-s4/final --dishes 0 --no-captions \
     --objective semantic | tail -1
 
 rm -rf director/checkpoints/default && mkdir -p director/checkpoints
-cp -r runs/director-default-s3/final director/checkpoints/default
+cp -r runs/director-default-s4/final director/checkpoints/default
 echo "shipped: director/checkpoints/default"
