@@ -69,9 +69,6 @@ class PlanConfig:
     # fold the LoRA weights into the base weights before planning (peft ``merge_adapter``): one matrix per layer
     # instead of three, the same function up to float rounding; the director is then for inference only
     merge_lora: bool = False
-    # store the LM's linear weights transposed in memory before planning (Director.transpose_linear_weights):
-    # the same function, about 1.2x faster decoding on CPU
-    transpose_weights: bool = False
 
 
 @dataclass

@@ -307,28 +307,5 @@ class Director(nn.Module):
             self.lm.merge_adapter()
             self.lora_merged = True
 
-    def transpose_linear_weights(self) -> int:
-        """Store every linear weight of the LM transposed in memory (a ``[in, out]`` contiguous buffer seen through
-        ``[out, in]`` strides), for faster decoding on CPU: ``F.linear`` then multiplies by a contiguous ``[in, out]``
-        matrix, which this machine's BLAS streams about twice as fast as the ``[out, in]`` layout for one token
-        (``benchmarks/plan_bench.py``). Same values, same shapes; results equal up to float summation order. A
-        tied output projection gets its own copy (the input embedding keeps its row layout). Returns how many
-        weights were re-laid; idempotent."""
-        lm = self.lm.get_base_model() if hasattr(self.lm, "get_base_model") else self.lm
-        out_emb = lm.get_output_embeddings()
-        n = 0
-        with torch.no_grad():
-            for mod in lm.modules():
-                if not isinstance(mod, nn.Linear) or mod.weight.stride(0) == 1:
-                    continue
-                w = mod.weight
-                laid = w.detach().t().contiguous().t()
-                if mod is out_emb:  # tied to the input embedding: untie with a copy of its own
-                    mod.weight = nn.Parameter(laid, requires_grad=w.requires_grad)
-                else:
-                    w.data = laid
-                n += 1
-        return n
-
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]

@@ -243,25 +243,6 @@ def test_merged_lora_plans_as_the_unmerged_adapter() -> None:
         director.loss({"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}, LossConfig())
 
 
-def test_transposed_weights_plan_as_the_row_layout() -> None:
-    director, _, cfg = tiny_director()
-    lm = director.lm.get_base_model()
-    tied = lm.get_output_embeddings().weight is lm.get_input_embeddings().weight
-    q = next(m for n, m in lm.named_modules() if n.endswith("q_proj.base_layer"))
-    before_w = q.weight.detach().clone()
-    plain = Planner(director, cfg.plan).plan("how to make pancakes", steps=2, seed=0)
-    cfg.plan.transpose_weights = True
-    fast = Planner(director, cfg.plan).plan("how to make pancakes", steps=2, seed=0)
-    assert q.weight.stride() == (1, q.weight.shape[0]) and torch.equal(q.weight, before_w)  # same values, new layout
-    head = lm.get_output_embeddings().weight
-    assert head.stride(0) == 1 and lm.get_input_embeddings().weight.stride(1) == 1  # embedding rows untouched
-    if tied:  # a tied output projection was untied with a copy of its own
-        assert head is not lm.get_input_embeddings().weight and torch.equal(head, lm.get_input_embeddings().weight)
-    assert director.transpose_linear_weights() == 0  # idempotent
-    assert [(s.action, s.caption) for s in fast.steps] == [(s.action, s.caption) for s in plain.steps]
-    torch.testing.assert_close(fast.embeddings, plain.embeddings, rtol=1e-4, atol=1e-5)
-
-
 def test_lookup_drafting_changes_the_speed_not_the_plan() -> None:
     director, backbone, cfg = tiny_director()
     cfg.plan.max_steps = 4
