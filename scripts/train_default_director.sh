@@ -6,7 +6,7 @@
 #   1. 400 steps x batch 4 on windows of 4 steps (~25 min on a 2-core CPU)
 #   2. 510 steps x batch 8 on whole recipes, length-grouped batches, lr 3e-4 (3 epochs, ~45 min)
 #   3. 510 steps x batch 8, the same data, lr 6e-4 (3 more epochs, ~45 min)
-#   4. 510 steps x batch 8, the same data, lr 8e-4, LoRA grown onto the MLP projections too (~50 min)
+#   4. 510 steps x batch 8, the same data, lr 8e-4, LoRA grown onto the MLP projections too (~60 min)
 # Usage: bash scripts/train_default_director.sh [SHARED_DATA_DIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
