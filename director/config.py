@@ -69,9 +69,6 @@ class PlanConfig:
     # fold the LoRA weights into the base weights before planning (peft ``merge_adapter``): one matrix per layer
     # instead of three, the same function up to float rounding; the director is then for inference only
     merge_lora: bool = False
-    # before planning, give the output projection its own copy stored transposed in memory
-    # (Director.transpose_output_head): the same logits up to float summation order, faster on CPU
-    transpose_output_head: bool = False
 
 
 @dataclass

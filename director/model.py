@@ -307,19 +307,5 @@ class Director(nn.Module):
             self.lm.merge_adapter()
             self.lora_merged = True
 
-    def transpose_output_head(self) -> bool:
-        """Give the LM's output projection (vocabulary x hidden, often tied to the input embedding) its own copy
-        stored transposed in memory (a contiguous ``[hidden, vocab]`` buffer seen through ``[vocab, hidden]``
-        strides). Same values and shape; ``F.linear`` then multiplies one hidden state by a contiguous matrix,
-        which this machine's BLAS does about twice as fast (``benchmarks/plan_bench.py``). Costs one more copy
-        of the matrix in memory (113 MB for SmolLM2-135M). Returns whether it re-laid the weight (idempotent)."""
-        lm = self.lm.get_base_model() if hasattr(self.lm, "get_base_model") else self.lm
-        head = lm.get_output_embeddings()
-        if head is None or head.weight.stride(0) == 1:
-            return False
-        w = head.weight
-        head.weight = nn.Parameter(w.detach().t().contiguous().t(), requires_grad=w.requires_grad)
-        return True
-
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]

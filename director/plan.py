@@ -8,7 +8,7 @@ conditions on it. Everything fed or sampled is appended to one KV cache: the his
 (``use_cache=False`` re-encodes it at every token instead, the baseline of ``benchmarks/plan_bench.py``). The
 cache's layers (:class:`GrowingLayer`) append in place into buffers that double when full, where transformers'
 ``DynamicCache`` copies the whole cache at every token; ``plan.merge_lora`` folds the adapter into the base
-weights and ``plan.transpose_output_head`` re-lays the output projection before planning.
+weights before planning.
 
 Continuation (editable plans): the kept steps of an existing plan (text and embeddings, possibly edited by
 hand) are fed as they are, and generation goes on from the next step.
@@ -155,8 +155,6 @@ class Planner:
         self.d, self.cfg = director, cfg
         if cfg.merge_lora:
             director.merge_lora()
-        if cfg.transpose_output_head:
-            director.transpose_output_head()
         tok = director.tokenizer
         self.tok = tok
         self.newline = self._ids("\n")

@@ -243,22 +243,6 @@ def test_merged_lora_plans_as_the_unmerged_adapter() -> None:
         director.loss({"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}, LossConfig())
 
 
-def test_transposed_output_head_plans_as_the_row_layout() -> None:
-    director, _, cfg = tiny_director()
-    lm = director.lm.get_base_model()
-    head_before = lm.get_output_embeddings().weight.detach().clone()
-    plain = Planner(director, cfg.plan).plan("how to make pancakes", steps=2, seed=0)
-    cfg.plan.transpose_output_head = True
-    fast = Planner(director, cfg.plan).plan("how to make pancakes", steps=2, seed=0)
-    head = lm.get_output_embeddings().weight
-    assert head.stride() == (1, head.shape[0]) and torch.equal(head, head_before)  # same values, new layout
-    emb = lm.get_input_embeddings().weight
-    assert emb.stride(1) == 1 and head is not emb  # the input embedding keeps its rows (a tied head got a copy)
-    assert director.transpose_output_head() is False  # idempotent
-    assert [(s.action, s.caption) for s in fast.steps] == [(s.action, s.caption) for s in plain.steps]
-    torch.testing.assert_close(fast.embeddings, plain.embeddings, rtol=1e-4, atol=1e-5)
-
-
 def test_lookup_drafting_changes_the_speed_not_the_plan() -> None:
     director, backbone, cfg = tiny_director()
     cfg.plan.max_steps = 4
