@@ -5,10 +5,8 @@ boundary) unless the number of steps is fixed, (2) feeds ``Step t.`` and samples
 (3) feeds ``Caption:`` and samples the caption, (4) feeds the image block, whose query states give z_t
 through the regression head, and (5) feeds proj(z_t) into the ``<|vis|>`` slots, so every later step
 conditions on it. Everything fed or sampled is appended to one KV cache: the history is never re-encoded
-(``use_cache=False`` re-encodes it at every token instead, the baseline of ``benchmarks/plan_bench.py``). The
-cache's layers (:class:`GrowingLayer`) append in place into buffers that double when full, where transformers'
-``DynamicCache`` copies the whole cache at every token; ``plan.merge_lora`` folds the adapter into the base
-weights before planning.
+(``use_cache=False`` re-encodes it at every token instead, the baseline of ``benchmarks/plan_bench.py``).
+``plan.merge_lora`` folds the adapter into the base weights before planning.
 
 Continuation (editable plans): the kept steps of an existing plan (text and embeddings, possibly edited by
 hand) are fed as they are, and generation goes on from the next step.
@@ -21,7 +19,6 @@ from dataclasses import dataclass, field
 
 import torch
 from transformers import RepetitionPenaltyLogitsProcessor
-from transformers.cache_utils import Cache, DynamicLayer
 
 from director.backbone import DirectorError
 from director.config import PlanConfig
@@ -48,58 +45,14 @@ class PlanResult:
         return torch.stack([s.embedding for s in self.steps]) if self.steps else torch.zeros(0)
 
 
-class GrowingLayer(DynamicLayer):
-    """A KV-cache layer whose keys and values live in a buffer that doubles when full, so that appending a token
-    writes that token only. (transformers' ``DynamicLayer`` concatenates, copying the whole cache at every token:
-    ~30 MB per token for this director at 700 tokens of context, next to 540 MB of weights read.) ``keys`` and
-    ``values`` are views of the first ``n`` positions; everything else behaves as ``DynamicLayer``."""
-
-    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
-        super().lazy_initialization(key_states, value_states)
-        self._kbuf: torch.Tensor | None = None
-        self._vbuf: torch.Tensor | None = None
-        self._n = 0
-
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
-        if not self.is_initialized:
-            self.lazy_initialization(key_states, value_states)
-        n, new = self._n, key_states.shape[-2]
-        if self._kbuf is None or n + new > self._kbuf.shape[-2]:
-            cap = max(256, 2 * (n + new))
-            kbuf = key_states.new_empty((*key_states.shape[:-2], cap, key_states.shape[-1]))
-            vbuf = value_states.new_empty((*value_states.shape[:-2], cap, value_states.shape[-1]))
-            if n:
-                kbuf[..., :n, :] = self.keys
-                vbuf[..., :n, :] = self.values
-            self._kbuf, self._vbuf = kbuf, vbuf
-        self._kbuf[..., n : n + new, :] = key_states
-        self._vbuf[..., n : n + new, :] = value_states
-        self._n = n + new
-        self.keys, self.values = self._kbuf[..., : self._n, :], self._vbuf[..., : self._n, :]
-        return self.keys, self.values
-
-    def crop(self, tokens_to_remove: int) -> None:
-        if tokens_to_remove > 0:
-            raise ValueError("GrowingLayer.crop takes a negative count of tokens to remove")
-        if tokens_to_remove == 0 or not self.is_initialized:
-            return
-        self._n = max(0, self._n + tokens_to_remove)
-        self.keys, self.values = self._kbuf[..., : self._n, :], self._vbuf[..., : self._n, :]
-
-
-def growing_cache() -> Cache:
-    """An empty KV cache of :class:`GrowingLayer` s (one per attention layer, created on first use)."""
-    return Cache(layer_class_to_replicate=GrowingLayer)
-
-
 class _Feeder:
     """Feeds token ids (and visual states) to the director, with one growing KV cache or none."""
 
-    def __init__(self, director: Director, use_cache: bool, growing: bool = True) -> None:
+    def __init__(self, director: Director, use_cache: bool) -> None:
         from transformers import DynamicCache
 
         self.d, self.use_cache = director, use_cache
-        self.cache = (growing_cache() if growing else DynamicCache()) if use_cache else None
+        self.cache = DynamicCache() if use_cache else None
         self.ids: list[int] = []
         self.vis: list[torch.Tensor] = []
         self.n_forward_tokens = 0
@@ -243,15 +196,13 @@ class Planner:
         seed: int = 0,
         keep: list[tuple[str, str, torch.Tensor]] | None = None,
         use_cache: bool = True,
-        growing_cache: bool = True,
     ) -> PlanResult:
         """Plan ``query``; ``steps`` fixes the count (else the model ends it, within ``plan.max_steps``);
         ``keep`` carries over the first steps of an earlier plan ((action, caption, z) each). ``use_cache=False``
-        re-encodes the history at every token and ``growing_cache=False`` uses transformers' ``DynamicCache``
-        (the baselines of ``benchmarks/plan_bench.py``)."""
+        re-encodes the history at every token (the baseline of ``benchmarks/plan_bench.py``)."""
         order = self.d.cfg.order
         gen = torch.Generator().manual_seed(seed)
-        f = _Feeder(self.d, use_cache, growing_cache)
+        f = _Feeder(self.d, use_cache)
         stats = {"decode_seconds": 0.0, "decode_tokens": 0, "prefill_seconds": 0.0}
         t0 = time.perf_counter()
         logits, _ = f.feed(self._ids(PROMPT.format(query=query)))

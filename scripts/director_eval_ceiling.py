@@ -38,6 +38,10 @@ def main() -> int:
 
     yc = Path(args.shared) / "youcook2"
     ann, labels = yc / "youcookii_annotations_trainval.json", yc / "label_foodtype.csv"
+    for need in (Path(args.plans), ann):
+        if not need.is_file():
+            print(f"error: {need} not found (run director eval first / pass --shared)", file=sys.stderr)
+            return 2
     val = load_eval_videos(ann, labels, "validation")
     train = load_eval_videos(ann, labels, "training")
     enc = SentenceEncoder()

@@ -196,29 +196,6 @@ def test_kv_cache_gives_the_same_plan_as_reencoding() -> None:
     assert without.stats["forward_tokens"] > 3 * without.stats["context_tokens"]
 
 
-def test_growing_cache_matches_transformers_dynamic_cache() -> None:
-    from transformers import DynamicCache
-
-    from director.plan import growing_cache
-
-    director, _, _ = tiny_director()
-    gen = torch.Generator().manual_seed(0)
-    chunks = [torch.randint(10, 200, (1, n), generator=gen) for n in (300, 1, 5, 1, 1)]  # outgrows 256 slots
-    grow, ref = growing_cache(), DynamicCache()
-    with torch.inference_mode():
-        for i, x in enumerate(chunks):
-            a = director.run(x, past_key_values=grow).logits
-            b = director.run(x, past_key_values=ref).logits
-            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
-            if i == 2:  # drop 3 of the 5 tokens, as rejected drafts are dropped
-                grow.crop(-3)
-                ref.crop(-3)
-        assert grow.get_seq_length() == ref.get_seq_length() == 305
-        layer = grow.layers[0]
-        assert layer._kbuf.shape[-2] >= 512 and layer.keys.shape[-2] == 305  # a view of the buffer, not a copy
-        torch.testing.assert_close(layer.keys, ref.layers[0].keys)
-
-
 def test_merged_lora_plans_as_the_unmerged_adapter() -> None:
     director, _, cfg = tiny_director()
     with torch.no_grad():  # a non-zero adapter, so that merging changes the base weights
