@@ -4,7 +4,8 @@ A checkpoint folder holds only what training changes (a few MB, never the base L
 
 - ``adapter_model.safetensors`` + ``adapter_config.json``: the LoRA adapter in peft's format;
 - ``director_extra.safetensors``: the image-block (query) embeddings, the regression head, the projector;
-- ``director.json``: the base model id it was trained on, the visual space, the model config, provenance.
+- ``director.json``: the base model id it was trained on, the visual space, the model config, provenance;
+- ``output_vocab.json``: the token ids of the texts it was trained to write (for ``plan.output_vocab``).
 
 :func:`build_director` loads the base LM (:mod:`director.backbone`), checks it is the one the checkpoint was
 trained on, and applies the checkpoint. A mismatch (another base model, another visual space) is an error.
@@ -16,13 +17,13 @@ import json
 import logging
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import torch
 from safetensors.torch import load_file, save_file
 
 from auteur.config import from_dict, to_dict
-from auteur.io import atomic_dir
+from auteur.io import atomic_dir, atomic_write_json
 from auteur.plan import VisualSpace
 from director.backbone import Backbone, BackboneConfig, DirectorError, load_backbone
 from director.model import Director, ModelConfig
@@ -33,12 +34,19 @@ FORMAT = "director/1"
 META = "director.json"
 EXTRA = "director_extra.safetensors"
 ADAPTER = "adapter_model.safetensors"
+OUTPUT_VOCAB = "output_vocab.json"
 
 
 def save_checkpoint(
-    director: Director, folder: str | Path, base_model_id: str, space: VisualSpace, **meta: Any
+    director: Director,
+    folder: str | Path,
+    base_model_id: str,
+    space: VisualSpace,
+    output_vocab: Iterable[int] | None = None,
+    **meta: Any,
 ) -> Path:
-    """Write the trained parts of ``director`` into ``folder`` (atomically, replacing it)."""
+    """Write the trained parts of ``director`` into ``folder`` (atomically, replacing it); ``output_vocab``: the
+    token ids of its training labels (``output_vocab.json``)."""
     folder = Path(folder)
     with atomic_dir(folder) as tmp:
         if director.cfg.lora.enabled:
@@ -53,7 +61,27 @@ def save_checkpoint(
             **meta,
         }
         (tmp / META).write_text(json.dumps(info, indent=2) + "\n")
+        if output_vocab is not None:
+            write_output_vocab(tmp, output_vocab)
     return folder
+
+
+def write_output_vocab(folder: str | Path, token_ids: Iterable[int]) -> None:
+    """Record the token ids the director was trained to emit (``plan.output_vocab: trained`` reads them)."""
+    ids = sorted({int(i) for i in token_ids})
+    atomic_write_json(Path(folder) / OUTPUT_VOCAB, {"count": len(ids), "token_ids": ids}, indent=None)
+
+
+def read_output_vocab(folder: str | Path) -> list[int] | None:
+    """The token ids in ``folder``'s ``output_vocab.json``; None when the checkpoint has none."""
+    path = Path(folder) / OUTPUT_VOCAB
+    if not path.is_file():
+        return None
+    try:
+        ids = json.loads(path.read_text())["token_ids"]
+        return [int(i) for i in ids]
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        raise DirectorError(f"{path} is not a valid output vocabulary: {e}") from None
 
 
 def read_meta(folder: str | Path) -> dict[str, Any]:
@@ -127,5 +155,6 @@ def build_director(
     director = Director(backbone.model, backbone.tokenizer, model_cfg, space.dim)
     if checkpoint is not None:
         load_checkpoint_into(director, checkpoint)
+        director.output_vocab = read_output_vocab(checkpoint)
     director.eval()
     return director, backbone, meta

@@ -69,6 +69,10 @@ class PlanConfig:
     # fold the LoRA weights into the base weights before planning (peft ``merge_adapter``): one matrix per layer
     # instead of three, the same function up to float rounding; the director is then for inference only
     merge_lora: bool = False
+    # the tokens a plan's text may use: "full" (the whole vocabulary) or "trained" (the token ids of the
+    # checkpoint's training labels, its output_vocab.json, plus the tokens of the query and of kept steps).
+    # "trained" projects onto those rows of the output matrix only: fewer bytes read per token
+    output_vocab: Literal["full", "trained"] = "full"
 
 
 @dataclass

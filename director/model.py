@@ -27,6 +27,8 @@ Loss: ``text_weight · CE(action and caption tokens) + α·(1 − cos(z_pred, z)
 
 from __future__ import annotations
 
+import functools
+import inspect
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -41,6 +43,17 @@ VIS = "<|vis|>"
 
 def query_token(i: int) -> str:
     return f"<|q{i}|>"
+
+
+@functools.lru_cache(maxsize=None)
+def _cache_name(forward_class: type) -> str:
+    return "cache" if "cache" in inspect.signature(forward_class.forward).parameters else "past_key_values"
+
+
+def _cache_kwargs(model: nn.Module, cache: Any) -> dict[str, Any]:
+    """The KV cache as ``model.forward`` names it: ``cache`` in recent transformers 5.x (which deprecate the old
+    name), ``past_key_values`` before."""
+    return {} if cache is None else {_cache_name(type(model)): cache}
 
 
 @dataclass
@@ -162,6 +175,8 @@ class Director(nn.Module):
             lm = get_peft_model(lm, lora)
         self.lm = lm
         self.lora_merged = False
+        # token ids of the training labels (a checkpoint's output_vocab.json; None: unknown)
+        self.output_vocab: list[int] | None = None
         hidden = self.embedding_layer().weight.shape[1]
         self.hidden = hidden
         ids = tokenizer.convert_tokens_to_ids
@@ -219,11 +234,32 @@ class Director(nn.Module):
         return self.lm(
             inputs_embeds=self.embed(ids, vis),
             attention_mask=attention_mask,
-            past_key_values=past_key_values,
             use_cache=past_key_values is not None,
             output_hidden_states=hidden,
             return_dict=True,
+            **_cache_kwargs(self.base_lm(), past_key_values),
         )
+
+    def base_lm(self) -> nn.Module:
+        """The causal LM under the peft wrapper (the wrapper's LoRA layers live inside it)."""
+        return self.lm.get_base_model() if self.cfg.lora.enabled else self.lm
+
+    def run_decoder(self, ids: torch.Tensor, vis: torch.Tensor | None = None, past_key_values: Any = None):
+        """The LM's pass without its output projection: returns (final hidden states [B, L, H] after the last
+        norm, last-layer states as ``run(hidden=True).hidden_states[-1]`` gives them, the cache). Planning uses
+        it to project onto a subset of the vocabulary (``plan.output_vocab``)."""
+        decoder = self.base_lm().get_decoder()
+        out = decoder(
+            inputs_embeds=self.embed(ids, vis),
+            use_cache=past_key_values is not None,
+            output_hidden_states=True,
+            return_dict=True,
+            **_cache_kwargs(decoder, past_key_values),
+        )
+        cache = getattr(out, "cache", None)
+        if cache is None:
+            cache = getattr(out, "past_key_values", None)
+        return out.last_hidden_state, out.hidden_states[-1], cache
 
     def predict_visual(self, last_hidden: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         """z predictions [S, D] from the last-layer hidden states [B, L, H] at the query positions of ``ids``."""

@@ -45,13 +45,32 @@ class PlanResult:
         return torch.stack([s.embedding for s in self.steps]) if self.steps else torch.zeros(0)
 
 
+class OutputHead:
+    """The output projection restricted to some rows (``plan.output_vocab: trained``): logits of the other
+    tokens are -inf, so they are never sampled, and a one-token forward reads a fraction of the output matrix
+    (tied to the 49,152 x 576 input embeddings in SmolLM2: a fifth of the model's bytes)."""
+
+    def __init__(self, weight: torch.Tensor, token_ids: list[int]) -> None:
+        self.index = torch.tensor(sorted(set(token_ids)), dtype=torch.long)
+        if len(self.index) and not 0 <= int(self.index[0]) <= int(self.index[-1]) < weight.shape[0]:
+            raise DirectorError(f"output vocabulary ids outside this model's {weight.shape[0]} output rows")
+        self.weight = weight.detach()[self.index].contiguous()  # [K, H]
+        self.vocab = weight.shape[0]
+
+    def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
+        """[n, H] final hidden states -> [n, V] logits (-inf outside the rows)."""
+        out = torch.full((hidden.shape[0], self.vocab), float("-inf"))
+        out[:, self.index] = (hidden.to(self.weight.dtype) @ self.weight.T).float()
+        return out
+
+
 class _Feeder:
     """Feeds token ids (and visual states) to the director, with one growing KV cache or none."""
 
-    def __init__(self, director: Director, use_cache: bool) -> None:
+    def __init__(self, director: Director, use_cache: bool, head: OutputHead | None = None) -> None:
         from transformers import DynamicCache
 
-        self.d, self.use_cache = director, use_cache
+        self.d, self.use_cache, self.head = director, use_cache, head
         self.cache = DynamicCache() if use_cache else None
         self.ids: list[int] = []
         self.vis: list[torch.Tensor] = []
@@ -71,6 +90,13 @@ class _Feeder:
             x = torch.tensor([self.ids])
             v = torch.stack(self.vis) if self.vis else None
         self.n_forward_tokens += x.shape[1]
+        if self.head is not None:
+            final, last_layer, cache = self.d.run_decoder(x, v, past_key_values=self.cache)
+            if self.use_cache:
+                self.cache = cache
+            hidden = last_layer[0, -len(ids) :] if want_hidden else None
+            logits = self.head(final[0, -len(ids) :] if every else final[0, -1:])
+            return (logits, hidden) if every else (logits[0], hidden)
         out = self.d.run(x, v, past_key_values=self.cache, hidden=want_hidden)
         if self.use_cache:
             self.cache = out.past_key_values
@@ -119,6 +145,31 @@ class Planner:
         self.banned = torch.tensor(sorted(banned))
         self.stop_ids = {i for i in (tok.eos_token_id, tok.pad_token_id) if i is not None}
         self.penalty = RepetitionPenaltyLogitsProcessor(max(cfg.repetition_penalty, 1e-6))
+        self.trained_vocab: set[int] | None = None
+        self._head: OutputHead | None = None
+        self._head_extra: frozenset[int] = frozenset()
+        if cfg.output_vocab == "trained":
+            if director.output_vocab is None:
+                raise DirectorError(
+                    "plan.output_vocab=trained needs the checkpoint's output_vocab.json (this director has none; "
+                    "set plan.output_vocab=full)"
+                )
+            always = {self.step_tok, self.done_tok, *self.newline, *self.stop_ids}
+            self.trained_vocab = (set(director.output_vocab) | always) - banned
+        elif cfg.output_vocab != "full":
+            raise DirectorError(f"plan.output_vocab must be 'full' or 'trained', not {cfg.output_vocab!r}")
+
+    def _output_head(self, texts: list[str]) -> OutputHead | None:
+        """The restricted output projection for a plan whose given text is ``texts`` (query, kept steps): their
+        tokens join the trained vocabulary, so a plan can repeat a word of the query it never saw in training."""
+        if self.trained_vocab is None:
+            return None
+        extra = frozenset({t for text in texts for t in self._ids(text)} - self.trained_vocab - set(self.banned.tolist()))
+        if self._head is None or self._head_extra != extra:  # one plan's head never depends on another's query
+            self._head_extra = extra
+            weight = self.d.base_lm().get_output_embeddings().weight
+            self._head = OutputHead(weight, sorted(self.trained_vocab | extra))
+        return self._head
 
     def _end_threshold(self) -> float:
         captioned = self.cfg.captions and self.d.cfg.order in ("action_caption", "caption")
@@ -202,7 +253,8 @@ class Planner:
         re-encodes the history at every token (the baseline of ``benchmarks/plan_bench.py``)."""
         order = self.d.cfg.order
         gen = torch.Generator().manual_seed(seed)
-        f = _Feeder(self.d, use_cache)
+        given = [PROMPT.format(query=query)] + [" " + t.strip() for a, c, _ in keep or [] for t in (a, c)]
+        f = _Feeder(self.d, use_cache, self._output_head(given))
         stats = {"decode_seconds": 0.0, "decode_tokens": 0, "prefill_seconds": 0.0}
         t0 = time.perf_counter()
         logits, _ = f.feed(self._ids(PROMPT.format(query=query)))

@@ -39,6 +39,7 @@ from director.checkpoint import (
     check_growable,
     load_checkpoint_into,
     read_meta,
+    read_output_vocab,
     save_checkpoint,
 )
 from director.config import DirectorConfig, ModelConfig
@@ -90,6 +91,29 @@ def _load_samples(cfg: DirectorConfig, builder: SequenceBuilder, space: VisualSp
         builder.episode_window(episodes[e], s, cfg.dataset.context_steps)
         for e, s in windows(episodes, cfg.dataset.context_steps, cfg.dataset.stride)
     ]
+
+
+def training_samples(cfg: DirectorConfig, builder: SequenceBuilder, space: VisualSpace) -> list[dict]:
+    """The training samples ``cfg`` describes: step windows of the train splits (visual windows repeated
+    ``dataset.visual_repeat`` times) and ``dataset.caption_lines`` captions picked with ``cfg.seed``."""
+    samples = _load_samples(cfg, builder, space, cfg.dataset.train_split)
+    if cfg.dataset.visual_repeat > 1:
+        samples += [s for s in samples if s["targets"]] * (cfg.dataset.visual_repeat - 1)
+    if cfg.dataset.captions_csv and cfg.dataset.caption_lines:
+        lines = load_caption_lines(cfg.dataset.captions_csv)
+        rng = random.Random(cfg.seed)
+        picked = rng.sample(lines, min(len(lines), cfg.dataset.caption_lines))
+        samples += [builder.caption_line(c) for c in picked]
+    if not samples:
+        raise DirectorError(
+            f"the {cfg.dataset.train_split!r} splits of {', '.join(cfg.data)} hold no steps to train on"
+        )
+    return samples
+
+
+def label_vocabulary(samples: list[dict]) -> set[int]:
+    """Every token id that some sample trains the director to write (its labels)."""
+    return {int(t) for s in samples for t in s["labels"] if t != -100}
 
 
 def validation_metrics(director, samples: list[dict], cfg: DirectorConfig, pad_id: int) -> dict[str, float]:
@@ -161,18 +185,10 @@ def train(cfg: DirectorConfig, stop_after: int | None = None, progress: bool = T
         check_growable(from_dict(ModelConfig, init["model"]), cfg.model, cfg.train.init_from)
         load_checkpoint_into(director, cfg.train.init_from, partial_adapter=True)
     builder = SequenceBuilder(backbone.tokenizer, director.image_block_ids(), cfg.model.order, cfg.dataset.max_tokens)
-    train_samples = _load_samples(cfg, builder, space, cfg.dataset.train_split)
-    if cfg.dataset.visual_repeat > 1:
-        train_samples += [s for s in train_samples if s["targets"]] * (cfg.dataset.visual_repeat - 1)
-    if cfg.dataset.captions_csv and cfg.dataset.caption_lines:
-        lines = load_caption_lines(cfg.dataset.captions_csv)
-        rng = random.Random(cfg.seed)
-        picked = rng.sample(lines, min(len(lines), cfg.dataset.caption_lines))
-        train_samples += [builder.caption_line(c) for c in picked]
-    if not train_samples:
-        raise DirectorError(
-            f"the {cfg.dataset.train_split!r} splits of {', '.join(cfg.data)} hold no steps to train on"
-        )
+    train_samples = training_samples(cfg, builder, space)
+    output_vocab = label_vocabulary(train_samples)
+    if cfg.train.init_from:  # what the starting checkpoint learned to write, it can still write
+        output_vocab |= set(read_output_vocab(cfg.train.init_from) or [])
     val_all = _load_samples(cfg, builder, space, cfg.dataset.val_split)
     # windows with visual states first: they are few, and the embedding metrics need them
     val_samples = ([s for s in val_all if s["targets"]] + [s for s in val_all if not s["targets"]])[
@@ -238,7 +254,9 @@ def train(cfg: DirectorConfig, stop_after: int | None = None, progress: bool = T
             return
         unwrapped = accelerator.unwrap_model(model)
         target = training.checkpoint_dir(run, at)
-        save_checkpoint(unwrapped, target, backbone.model_id, space, step=at, backbone=to_dict(cfg.backbone))
+        save_checkpoint(
+            unwrapped, target, backbone.model_id, space, output_vocab, step=at, backbone=to_dict(cfg.backbone)
+        )
         with atomic_dir(target) as tmp:  # add the optimizer state beside the weights, in one rename
             for f in target.iterdir():
                 shutil.copy2(f, tmp / f.name)
@@ -303,6 +321,7 @@ def train(cfg: DirectorConfig, stop_after: int | None = None, progress: bool = T
             final,
             backbone.model_id,
             space,
+            output_vocab,
             step=step,
             backbone=to_dict(cfg.backbone),
             trained_on={"data": list(cfg.data), "train_samples": len(train_samples), "steps": step},

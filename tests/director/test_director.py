@@ -345,3 +345,69 @@ def test_every_preset_loads() -> None:
         assert isinstance(cfg.model, ModelConfig)
     assert load_config(DirectorConfig, "ablation-mse", preset_dir=PRESETS).loss.cos_weight == 0.0
     assert load_config(DirectorConfig, "ablation-caption-vis", preset_dir=PRESETS).model.order == "caption"
+
+
+def _plan_tokens(planner: Planner, result) -> set[int]:
+    return {t for s in result.steps for text in (s.action, s.caption) for t in planner._ids(" " + text)}
+
+
+def test_decoder_pass_matches_the_full_pass() -> None:
+    director, _, _ = tiny_director()
+    ids = torch.randint(10, 200, (1, 30))
+    with torch.inference_mode():
+        full = director.run(ids, hidden=True)
+        final, last_layer, _ = director.run_decoder(ids)
+        head = director.base_lm().get_output_embeddings()
+    torch.testing.assert_close(last_layer, full.hidden_states[-1])
+    torch.testing.assert_close(head(final), full.logits, rtol=1e-5, atol=1e-5)
+
+
+def test_trained_output_vocab_keeps_greedy_plans_and_bans_the_rest() -> None:
+    director, _, cfg = tiny_director()
+    cfg.plan.max_steps = 3
+    full = Planner(director, cfg.plan).plan("how to make pancakes", seed=0)
+    cfg.plan.output_vocab = "trained"
+    with pytest.raises(DirectorError, match="output_vocab.json"):  # an untrained director records none
+        Planner(director, cfg.plan)
+    planner_full = Planner(director, replace_plan(cfg, output_vocab="full"))
+    used = _plan_tokens(planner_full, full)
+    # every token the greedy plan chose stays allowed (and a few hundred others): the same plan
+    director.output_vocab = sorted(used | set(range(100, 140)))
+    planner = Planner(director, cfg.plan)
+    same = planner.plan("how to make pancakes", seed=0)
+    assert [(s.action, s.caption) for s in same.steps] == [(s.action, s.caption) for s in full.steps]
+    torch.testing.assert_close(same.embeddings, full.embeddings, rtol=1e-4, atol=1e-5)
+    # without the plan's most used token, the plan must do without it; the query's own tokens stay allowed
+    query_ids = set(planner._ids("Recipe: how to make pancakes"))
+    banned = max(used - query_ids, key=lambda t: sum(planner._ids(" " + s.action).count(t) for s in full.steps))
+    director.output_vocab = sorted((used | set(range(100, 140))) - {banned})
+    other = Planner(director, cfg.plan).plan("how to make pancakes", seed=0)
+    head = Planner(director, cfg.plan)._output_head(["Recipe: how to make pancakes"])
+    allowed = set(head.index.tolist())
+    assert banned not in allowed and query_ids - {banned} <= allowed | set(Planner(director, cfg.plan).banned.tolist())
+    for s in other.steps:
+        assert banned not in planner._ids(s.action)
+
+
+def replace_plan(cfg: DirectorConfig, **kw):
+    from dataclasses import replace
+
+    return replace(cfg.plan, **kw)
+
+
+def test_training_records_the_label_vocabulary(tiny_cookgen, tmp_path: Path) -> None:
+    from director.checkpoint import read_output_vocab
+    from director.train import label_vocabulary, resolve_space, training_samples
+
+    cfg = _train_cfg(tiny_cookgen, tmp_path / "a", **{"train.max_steps": 2, "train.save_every": 1})
+    final = train(cfg, progress=False)
+    director, backbone, _ = tiny_director()
+    builder = SequenceBuilder(backbone.tokenizer, director.image_block_ids(), cfg.model.order, cfg.dataset.max_tokens)
+    expected = label_vocabulary(training_samples(cfg, builder, resolve_space(cfg)))
+    assert set(read_output_vocab(final)) == expected and set(read_output_vocab(tmp_path / "a" / "checkpoints" / "step-000001")) == expected
+    prompt_only = set(backbone.tokenizer.encode("Recipe:", add_special_tokens=False))
+    assert not prompt_only <= expected  # the prompt is never a label
+    # a run started from this one keeps what it could write
+    (tmp_path / "a" / "final" / "output_vocab.json").write_text(json.dumps({"token_ids": [5, 6, 7]}))
+    cfg2 = _train_cfg(tiny_cookgen, tmp_path / "b", **{"train.max_steps": 1, "train.init_from": str(final)})
+    assert set(read_output_vocab(train(cfg2, progress=False))) == expected | {5, 6, 7}
