@@ -45,6 +45,12 @@ def query_token(i: int) -> str:
     return f"<|q{i}|>"
 
 
+def output_cache(out: Any) -> Any:
+    """The KV cache a forward returned (``out.cache`` in recent transformers 5.x, ``past_key_values`` before)."""
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else getattr(out, "past_key_values", None)
+
+
 @functools.lru_cache(maxsize=None)
 def _cache_name(forward_class: type) -> str:
     return "cache" if "cache" in inspect.signature(forward_class.forward).parameters else "past_key_values"
@@ -256,10 +262,7 @@ class Director(nn.Module):
             return_dict=True,
             **_cache_kwargs(decoder, past_key_values),
         )
-        cache = getattr(out, "cache", None)
-        if cache is None:
-            cache = getattr(out, "past_key_values", None)
-        return out.last_hidden_state, out.hidden_states[-1], cache
+        return out.last_hidden_state, out.hidden_states[-1], output_cache(out)
 
     def predict_visual(self, last_hidden: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         """z predictions [S, D] from the last-layer hidden states [B, L, H] at the query positions of ``ids``."""

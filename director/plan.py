@@ -23,7 +23,7 @@ from transformers import RepetitionPenaltyLogitsProcessor
 from director.backbone import DirectorError
 from director.config import PlanConfig
 from director.data import PROMPT
-from director.model import Director
+from director.model import Director, output_cache
 
 
 @dataclass
@@ -99,7 +99,7 @@ class _Feeder:
             return (logits, hidden) if every else (logits[0], hidden)
         out = self.d.run(x, v, past_key_values=self.cache, hidden=want_hidden)
         if self.use_cache:
-            self.cache = out.past_key_values
+            self.cache = output_cache(out)
         hidden = out.hidden_states[-1][0, -len(ids) :] if want_hidden else None
         if every:
             return out.logits[0, -len(ids) :].float(), hidden

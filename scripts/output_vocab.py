@@ -25,7 +25,7 @@ def main() -> int:
     ap.add_argument("checkpoint")
     ap.add_argument("--replace", action="store_true", help="forget the ids already recorded")
     ap.add_argument("overrides", nargs="*")
-    args = ap.parse_args()
+    args = ap.parse_intermixed_args()
 
     from auteur.config import load_config
     from auteur.errors import AuteurError

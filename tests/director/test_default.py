@@ -37,3 +37,20 @@ def test_default_plan_for_the_readme_query(tmp_path: Path, capsys) -> None:
     assert all(len(s.caption.split()) >= 3 for s in plan.steps)  # captions are text, not empty
     assert plan.embeddings.shape == (2, 1280) and plan.provenance["models"]["director_trained"] is True
     assert "UNTRAINED" not in text.out and "1. " in text.out
+    # the default projects onto the tokens of its training labels (plan.output_vocab: trained) and the query's
+    from auteur.plan import VisualSpace
+    from director.checkpoint import build_director, read_output_vocab
+    from director.cli import resolve_config
+    from director.plan import Planner
+
+    cfg = resolve_config("default", [])
+    assert cfg.plan.output_vocab == "trained"
+    trained = set(read_output_vocab(CHECKPOINT))
+    assert 1000 < len(trained) < 10_000  # a few thousand of SmolLM2's 49,152 tokens
+    director, backbone, _ = build_director(cfg.backbone, cfg.model, VisualSpace("unset", 1), cfg.checkpoint)
+    planner = Planner(director, cfg.plan)
+    prompt = "Recipe: how to cook a zucchini tortilla"
+    head = planner._output_head([prompt])
+    query = set(backbone.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    assert query - trained  # the query brings tokens no label had, and they may be written
+    assert set(head.index.tolist()) == planner.trained_vocab | query and trained <= planner.trained_vocab
