@@ -51,7 +51,7 @@ def output_cache(out: Any) -> Any:
     return cache if cache is not None else getattr(out, "past_key_values", None)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _cache_name(forward_class: type) -> str:
     return "cache" if "cache" in inspect.signature(forward_class.forward).parameters else "past_key_values"
 

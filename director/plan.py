@@ -164,11 +164,16 @@ class Planner:
         tokens join the trained vocabulary, so a plan can repeat a word of the query it never saw in training."""
         if self.trained_vocab is None:
             return None
-        extra = frozenset({t for text in texts for t in self._ids(text)} - self.trained_vocab - set(self.banned.tolist()))
+        given = {t for text in texts for t in self._ids(text)}
+        extra = frozenset(given - self.trained_vocab - set(self.banned.tolist()))
         if self._head is None or self._head_extra != extra:  # one plan's head never depends on another's query
+            out = self.d.base_lm().get_output_embeddings()
+            if hasattr(out, "lora_A") and not self.d.lora_merged:
+                raise DirectorError(
+                    "plan.output_vocab=trained with LoRA on the output projection needs plan.merge_lora"
+                )
             self._head_extra = extra
-            weight = self.d.base_lm().get_output_embeddings().weight
-            self._head = OutputHead(weight, sorted(self.trained_vocab | extra))
+            self._head = OutputHead(out.weight, sorted(self.trained_vocab | extra))
         return self._head
 
     def _end_threshold(self) -> float:

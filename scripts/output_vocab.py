@@ -40,14 +40,18 @@ def main() -> int:
             raise AuteurError("give the training run's data=DIR[,DIR] (and its dataset.* and seed overrides)")
         space = resolve_space(cfg)
         director, backbone, _ = build_director(cfg.backbone, cfg.model, space, checkpoint=args.checkpoint)
-        builder = SequenceBuilder(backbone.tokenizer, director.image_block_ids(), cfg.model.order, cfg.dataset.max_tokens)
+        builder = SequenceBuilder(
+            backbone.tokenizer, director.image_block_ids(), cfg.model.order, cfg.dataset.max_tokens
+        )
         ids = label_vocabulary(training_samples(cfg, builder, space))
         old = set() if args.replace else set(read_output_vocab(args.checkpoint) or [])
     except AuteurError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     write_output_vocab(args.checkpoint, ids | old)
-    print(f"{args.checkpoint}: {len(ids)} token ids in this run's labels, {len(ids | old)} recorded ({len(old)} before)")
+    print(
+        f"{args.checkpoint}: {len(ids)} token ids in this run's labels, {len(ids | old)} recorded ({len(old)} before)"
+    )
     return 0
 
 

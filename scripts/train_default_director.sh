@@ -7,6 +7,9 @@
 #   2. 510 steps x batch 8 on whole recipes, length-grouped batches, lr 3e-4 (3 epochs, ~45 min)
 #   3. 510 steps x batch 8, the same data, lr 6e-4 (3 more epochs, ~45 min)
 #   4. 510 steps x batch 8, the same data, lr 8e-4, LoRA grown onto the MLP projections too (~60 min)
+# Each stage's checkpoint records output_vocab.json (the token ids of its training labels, plus those of
+# train.init_from): the shipped one holds all four stages' (it was written by scripts/output_vocab.py, once per
+# stage with the overrides below, since the checkpoint predates director train writing it).
 # Usage: bash scripts/train_default_director.sh [SHARED_DATA_DIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -404,7 +404,10 @@ def test_training_records_the_label_vocabulary(tiny_cookgen, tmp_path: Path) -> 
     director, backbone, _ = tiny_director()
     builder = SequenceBuilder(backbone.tokenizer, director.image_block_ids(), cfg.model.order, cfg.dataset.max_tokens)
     expected = label_vocabulary(training_samples(cfg, builder, resolve_space(cfg)))
-    assert set(read_output_vocab(final)) == expected and set(read_output_vocab(tmp_path / "a" / "checkpoints" / "step-000001")) == expected
+    assert (
+        set(read_output_vocab(final)) == expected
+        and set(read_output_vocab(tmp_path / "a" / "checkpoints" / "step-000001")) == expected
+    )
     prompt_only = set(backbone.tokenizer.encode("Recipe:", add_special_tokens=False))
     assert not prompt_only <= expected  # the prompt is never a label
     # a run started from this one keeps what it could write
