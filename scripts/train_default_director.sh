@@ -2,14 +2,16 @@
 # Reproduces the shipped default director checkpoint (director/checkpoints/default) from the real data in
 # ../shared/data: YouCook2 training recipes (text), the VideoAuteur demo clips (captions + EfficientNet-Lite0
 # keyframe embeddings; potato_mashes held out for validation) and CookGen-style captions from captions.csv.
-# Three stages, each starting from the previous one's weights (train.init_from; fresh optimizer and schedule):
+# Five stages, each starting from the previous one's weights (train.init_from; fresh optimizer and schedule):
 #   1. 400 steps x batch 4 on windows of 4 steps (~25 min on a 2-core CPU)
 #   2. 510 steps x batch 8 on whole recipes, length-grouped batches, lr 3e-4 (3 epochs, ~45 min)
 #   3. 510 steps x batch 8, the same data, lr 6e-4 (3 more epochs, ~45 min)
 #   4. 510 steps x batch 8, the same data, lr 8e-4, LoRA grown onto the MLP projections too (~60 min)
+#   5. 160 steps x batch 8 on each dish's most typical training recipe (+ the demo clips), lr 5e-4 (~27 min)
 # Each stage's checkpoint records output_vocab.json (the token ids of its training labels, plus those of
-# train.init_from): the shipped one holds all four stages' (it was written by scripts/output_vocab.py, once per
-# stage with the overrides below, since the checkpoint predates director train writing it).
+# train.init_from), so the shipped one holds all five stages'. (The stage-4 checkpoint that stage 5 started from
+# predates director train writing the file: scripts/output_vocab.py wrote it, once per stage 1-4 with the
+# overrides below.)
 # Usage: bash scripts/train_default_director.sh [SHARED_DATA_DIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -50,10 +52,22 @@ $BIN/director train --config default \
     $WHOLE "model.lora.target_modules=[q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj]" \
     train.init_from=runs/director-default-s3/final train.lr=0.0008 seed=3
 
-# the end rule for plans without captions, chosen on the YouCook2 training videos (put it in the preset)
-$BIN/python scripts/calibrate_end_threshold.py --preset runs/director-default-s4/final --dishes 0 --no-captions \
+# 5. each dish's most typical training recipe (the ROUGE-L medoid of its training videos; the validation split is
+#    never read to choose), ~6 epochs of them with the demo clips and 100 caption lines
+$BIN/python scripts/build_typical_recipes.py runs/cookgen-youcook2 runs/cookgen-youcook2-typical
+# shellcheck disable=SC2086
+$BIN/director train --config default \
+    data=runs/cookgen-youcook2-typical,runs/cookgen-demos,runs/cookgen-demos-val out=runs/director-default-s5 \
+    $WHOLE "model.lora.target_modules=[q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj]" \
+    train.max_steps=160 train.eval_every=80 train.save_every=40 \
+    train.init_from=runs/director-default-s4/final train.lr=0.0005 seed=4
+
+# the end rules, chosen on the YouCook2 training videos (put them in the preset): plans without captions by
+# semantic similarity on every training dish, plans with captions by length on 16 dishes
+$BIN/python scripts/calibrate_end_threshold.py --preset runs/director-default-s5/final --dishes 0 --no-captions \
     --objective semantic | tail -1
+$BIN/python scripts/calibrate_end_threshold.py --preset runs/director-default-s5/final --dishes 16 | tail -1
 
 rm -rf director/checkpoints/default && mkdir -p director/checkpoints
-cp -r runs/director-default-s4/final director/checkpoints/default
+cp -r runs/director-default-s5/final director/checkpoints/default
 echo "shipped: director/checkpoints/default"
