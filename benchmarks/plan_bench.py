@@ -97,9 +97,9 @@ def main() -> int:
         f"tokens/s) vs {rate(r_cache):.1f} tokens/s with the adapter unmerged -> {rate(r_ship) / rate(r_cache):.2f}x"
     )
     if whole_vocab is not None:
-        head = shipped._output_head([args.query])
         print(
-            f"  output_vocab={cfg.plan.output_vocab} ({len(head.index)} of {head.vocab} output rows) vs the whole "
+            f"  output_vocab={cfg.plan.output_vocab} ({r_ship.stats['output_rows']} of {r_whole.stats['output_rows']} "
+            "output rows) vs the whole "
             f"vocabulary, both merged, alternated: {rate(r_ship):.1f} vs {rate(r_whole):.1f} tokens/s -> "
             f"{rate(r_ship) / rate(r_whole):.2f}x; identical plans: {text(r_ship) == text(r_whole)}"
         )

@@ -190,6 +190,20 @@ def step_count_error(pred: list[str], ref: list[str]) -> int:
     return abs(len(pred) - len(ref))
 
 
+def medoid(plans: list[list[str]], utility: Callable[[list[str], list[str]], float]) -> int:
+    """Index of the plan with the highest mean ``utility`` against the other plans (the first on a tie; 0 for a
+    single plan). Used for the most typical training recipe of a dish (``scripts/build_typical_recipes.py``,
+    ``scripts/director_eval_ceiling.py``) and for minimum-Bayes-risk choice among sampled plans
+    (``scripts/director_sampling_probe.py``)."""
+    if len(plans) < 2:
+        return 0
+
+    def typicality(i: int) -> float:
+        return sum(utility(plans[i], b) for j, b in enumerate(plans) if j != i) / (len(plans) - 1)
+
+    return max(range(len(plans)), key=typicality)
+
+
 def _align(sim: torch.Tensor) -> float:
     """The best summed similarity of a monotone one-to-one partial matching of rows to columns of ``sim``.
 

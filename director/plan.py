@@ -156,8 +156,6 @@ class Planner:
                 )
             always = {self.step_tok, self.done_tok, *self.newline, *self.stop_ids}
             self.trained_vocab = (set(director.output_vocab) | always) - banned
-        elif cfg.output_vocab != "full":
-            raise DirectorError(f"plan.output_vocab must be 'full' or 'trained', not {cfg.output_vocab!r}")
 
     def _output_head(self, texts: list[str]) -> OutputHead | None:
         """The restricted output projection for a plan whose given text is ``texts`` (query, kept steps): their
@@ -259,8 +257,10 @@ class Planner:
         order = self.d.cfg.order
         gen = torch.Generator().manual_seed(seed)
         given = [PROMPT.format(query=query)] + [" " + t.strip() for a, c, _ in keep or [] for t in (a, c)]
-        f = _Feeder(self.d, use_cache, self._output_head(given))
+        head = self._output_head(given)
+        f = _Feeder(self.d, use_cache, head)
         stats = {"decode_seconds": 0.0, "decode_tokens": 0, "prefill_seconds": 0.0}
+        stats["output_rows"] = len(head.index) if head is not None else len(self.tok)
         t0 = time.perf_counter()
         logits, _ = f.feed(self._ids(PROMPT.format(query=query)))
         stats["prefill_seconds"] += time.perf_counter() - t0

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import statistics
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -39,50 +38,44 @@ def main() -> int:
 
     from datasets import load_from_disk
 
+    from auteur.errors import AuteurError
     from auteur.io import atomic_dir
-    from director.evaluate import rouge_l
+    from director.data import load_episodes
+    from director.evaluate import medoid, rouge_l
 
-    ds = load_from_disk(str(src / "train"))
-    data = ds.select_columns(["video_id", "dish", "step_index", "action"]).to_dict()
-    steps: dict[str, list[tuple[int, str]]] = defaultdict(list)
-    dish_of: dict[str, str] = {}
-    for vid, dish, k, action in zip(data["video_id"], data["dish"], data["step_index"], data["action"]):
-        steps[vid].append((k, action))
-        dish_of[vid] = dish or vid
-    recipes = {vid: [a for _, a in sorted(s)] for vid, s in steps.items()}
-    by_dish: dict[str, list[str]] = defaultdict(list)
-    for vid in sorted(recipes):
-        by_dish[dish_of[vid]].append(vid)
-    chosen = {}
-    for dish, vids in sorted(by_dish.items()):
-        if len(vids) == 1:
-            chosen[dish] = vids[0]
-            continue
-
-        def typicality(v: str, vids: list[str] = vids) -> float:
-            return statistics.mean(rouge_l(recipes[v], recipes[w]) for w in vids if w != v)
-
-        chosen[dish] = max(vids, key=typicality)
+    try:
+        episodes = load_episodes(src, "train", None)
+        meta = json.loads((src / "cookgen.json").read_text())
+        ds = load_from_disk(str(src / "train"))
+    except (AuteurError, OSError, ValueError, KeyError) as e:
+        print(f"error: cannot read {src}: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
+        return 2
+    by_dish: dict[str, list] = defaultdict(list)  # query "how to make <dish>" -> its training episodes
+    for ep in episodes:
+        by_dish[ep.query].append(ep)
+    chosen = {}  # query -> video id (an episode's source is "<build folder>/<video id>")
+    for query, eps in sorted(by_dish.items()):
+        actions = [[a for a, _, _ in ep.steps] for ep in eps]
+        chosen[query] = eps[medoid(actions, rouge_l)].source.split("/", 1)[1]
     keep = set(chosen.values())
     train = ds.filter(lambda r: r["video_id"] in keep)
     with atomic_dir(out) as tmp:
         train.save_to_disk(str(tmp / "train"))
         if (src / "val").is_dir():
             shutil.copytree(src / "val", tmp / "val")
-        meta = json.loads((src / "cookgen.json").read_text())
         meta["splits"] = {"train": len(train), **({"val": meta["splits"]["val"]} if "val" in meta["splits"] else {})}
         meta["derived"] = {
             "from": str(src),
             "by": "scripts/build_typical_recipes.py",
             "rule": "per dish, the training video with the highest mean ROUGE-L against its other training videos",
-            "videos": {dish: vid for dish, vid in sorted(chosen.items())},
+            "videos": chosen,
         }
         (tmp / "cookgen.json").write_text(json.dumps(meta, indent=2) + "\n")
-        for name in ("config.yaml",):
-            if (src / name).is_file():
-                shutil.copy2(src / name, tmp / name)
-    n_steps = len(train)
-    print(f"{out}: {len(keep)} typical recipes of {len(by_dish)} dishes ({n_steps} steps; {len(recipes)} videos read)")
+        if (src / "config.yaml").is_file():
+            shutil.copy2(src / "config.yaml", tmp / "config.yaml")
+    print(
+        f"{out}: {len(keep)} typical recipes of {len(by_dish)} dishes ({len(train)} steps of {len(episodes)} videos)"
+    )
     return 0
 
 

@@ -34,7 +34,7 @@ def main() -> int:
     ap.add_argument("--shared", default=str(REPO.parent / "shared" / "data"))
     args = ap.parse_args()
 
-    from director.evaluate import SentenceEncoder, load_eval_videos, ordered_semantic_similarity
+    from director.evaluate import SentenceEncoder, load_eval_videos, medoid, ordered_semantic_similarity
 
     yc = Path(args.shared) / "youcook2"
     ann, labels = yc / "youcookii_annotations_trainval.json", yc / "label_foodtype.csv"
@@ -63,16 +63,10 @@ def main() -> int:
     by_dish = defaultdict(list)
     for v in train:
         by_dish[v.query].append(v.steps)
-    medoid = {}
+    typical = {}
     for q, recipes in by_dish.items():
-        if len(recipes) == 1:
-            medoid[q] = recipes[0]
-            continue
-        medoid[q] = max(
-            recipes,
-            key=lambda a: statistics.mean(ordered_semantic_similarity(a, b, enc) for b in recipes if b is not a),
-        )
-    print(f"{'medoid training video of the dish':40s} {score(lambda q: medoid.get(q, [])):.4f}")
+        typical[q] = recipes[medoid(recipes, lambda a, b: ordered_semantic_similarity(a, b, enc))]
+    print(f"{'medoid training video of the dish':40s} {score(lambda q: typical.get(q, [])):.4f}")
     return 0
 
 

@@ -33,15 +33,6 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
-def mbr(candidates: list[list[str]], utility) -> list[str]:
-    """The candidate with the highest mean utility against the others."""
-
-    def score(i: int) -> float:
-        return statistics.mean(utility(candidates[i], b) for j, b in enumerate(candidates) if j != i)
-
-    return candidates[max(range(len(candidates)), key=score)]
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dishes", type=int, default=17)
@@ -55,6 +46,7 @@ def main() -> int:
         print("error: need --dishes >= 1, --samples >= 2 and --temperature > 0", file=sys.stderr)
         return 2
 
+    from auteur.io import atomic_write_text
     from auteur.plan import VisualSpace
     from director.checkpoint import build_director
     from director.cli import resolve_config
@@ -62,6 +54,7 @@ def main() -> int:
         RetrievalBaseline,
         SentenceEncoder,
         load_eval_videos,
+        medoid,
         ordered_semantic_similarity,
         rouge_l,
     )
@@ -84,7 +77,15 @@ def main() -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     rows = {}
     if out.is_file():
-        rows = {r["query"]: r for r in map(json.loads, out.read_text().splitlines()) if r.get("query") in queries}
+        whole = []
+        for line in out.read_text().splitlines():
+            try:
+                whole.append(json.loads(line))
+            except json.JSONDecodeError:  # the line a kill cut short: that dish is planned again
+                continue
+        rows = {r["query"]: r for r in whole if r.get("query") in queries}
+        # keep only whole lines, so that what is appended next starts on a line of its own
+        atomic_write_text(out, "".join(json.dumps(r) + "\n" for r in whole))
     todo = [q for q in queries if q not in rows]
     if todo:
         cfg = resolve_config(args.preset, [])
@@ -112,6 +113,9 @@ def main() -> int:
 
     def sem(a: list[str], b: list[str]) -> float:
         return ordered_semantic_similarity(a, b, enc)
+
+    def mbr(candidates: list[list[str]], utility) -> list[str]:  # minimum Bayes risk: the candidates' medoid
+        return candidates[medoid(candidates, utility)]
 
     scores: dict[str, list[float]] = defaultdict(list)
     for q in queries:

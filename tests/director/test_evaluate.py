@@ -25,6 +25,7 @@ from director.evaluate import (
     evaluate,
     format_table,
     load_eval_videos,
+    medoid,
     ordered_semantic_similarity,
     parse_steps,
     rouge_l,
@@ -441,3 +442,16 @@ def test_evaluate_dedupe_queries(enc: SentenceEncoder) -> None:
         {"p": lambda q: calls.append(q) or ["boil water"]}, videos, enc, progress=False, dedupe_queries=True
     )
     assert calls == ["how to make tea"] and res["p"]["step_count_error"] == pytest.approx(0.5)
+
+
+def test_medoid_is_the_plan_closest_on_average_to_the_others() -> None:
+    plans = [["a"], ["a", "b"], ["a", "b", "c"], ["x"]]
+
+    def overlap(p: list[str], q: list[str]) -> float:  # Jaccard of the step sets
+        return len(set(p) & set(q)) / len(set(p) | set(q))
+
+    # mean overlaps: [a]: (1/2 + 1/3 + 0)/3 = 0.278; [a,b]: (1/2 + 2/3 + 0)/3 = 0.389; [a,b,c]: (1/3 + 2/3 + 0)/3
+    # = 0.333; [x]: 0 -> the second plan
+    assert medoid(plans, overlap) == 1
+    assert medoid([["only"]], overlap) == 0
+    assert medoid([["p"], ["q"]], overlap) == 0  # a tie keeps the first

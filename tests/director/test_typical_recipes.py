@@ -34,7 +34,7 @@ def test_typical_recipes_keep_each_dishs_medoid_and_the_val_split(tmp_path: Path
     run = subprocess.run([sys.executable, str(script), str(src), str(out)], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     meta = json.loads((out / "cookgen.json").read_text())
-    assert meta["derived"]["videos"] == {"salad": "s2", "fried chicken": "f1"}
+    assert meta["derived"]["videos"] == {"how to make salad": "s2", "how to make fried chicken": "f1"}
     assert meta["splits"] == {"train": 5, "val": 2}  # 3 + 2 training steps kept; validation copied unchanged
     from director.data import load_episodes
 
@@ -44,3 +44,14 @@ def test_typical_recipes_keep_each_dishs_medoid_and_the_val_split(tmp_path: Path
         [sys.executable, str(script), str(tmp_path / "nope"), str(tmp_path / "o2")], capture_output=True, text=True
     )
     assert bad.returncode == 2 and bad.stderr.startswith("error:") and not (tmp_path / "o2").exists()
+
+
+def test_typical_recipes_refuse_a_corrupt_build_in_one_line(tmp_path: Path) -> None:
+    src = tmp_path / "broken"
+    (src / "train").mkdir(parents=True)
+    (src / "cookgen.json").write_text('{"format": "cookgen/1"}')
+    (src / "train" / "state.json").write_text("not json")
+    script = REPO / "scripts" / "build_typical_recipes.py"
+    run = subprocess.run([sys.executable, str(script), str(src), str(tmp_path / "o")], capture_output=True, text=True)
+    assert run.returncode == 2 and run.stderr.startswith("error: cannot read") and len(run.stderr.splitlines()) == 1
+    assert not (tmp_path / "o").exists()
