@@ -28,6 +28,10 @@ class DataConfig:
     visual_repeat: int = 1  # repeat the windows that carry visual states (few next to text-only recipes)
     # batch samples of similar length together (less padding; Hugging Face's group_by_length)
     group_by_length: bool = False
+    # give steps without a keyframe embedding (text-only recipes such as YouCook2's) the image block that the
+    # planner writes after every step, its <|vis|> slots filled with the mean training embedding, no visual loss:
+    # without it the planner reads back, after step 1, a context that text-only training never showed
+    fill_blocks: bool = True
 
 
 @dataclass

@@ -103,21 +103,29 @@ class SequenceBuilder:
             pieces += [(self.ids("Caption:"), True), (self.ids(" " + caption.strip()), True), (self.ids("\n"), True)]
         return pieces
 
-    def episode_window(self, ep: Episode, start: int, length: int) -> dict[str, object]:
-        """Ids, labels and targets for steps ``start .. start+length-1`` of ``ep`` (0-based)."""
+    def episode_window(
+        self, ep: Episode, start: int, length: int, fill: torch.Tensor | None = None
+    ) -> dict[str, object]:
+        """Ids, labels and targets for steps ``start .. start+length-1`` of ``ep`` (0-based).
+
+        A step without an embedding gets no image block, unless ``fill`` [D] is given: then it gets the block
+        the planner writes after every step, its ``<|vis|>`` slots filled with ``fill`` and no visual loss
+        (``supervised`` is False for it). So text-only recipes train in the format the planner reads back."""
         ids: list[int] = list(self.ids(PROMPT.format(query=ep.query)))
         labels: list[int] = [-100] * len(ids)
         targets = []
+        supervised = []
         end = min(len(ep.steps), start + length)
         for k in range(start, end):
             action, caption, emb = ep.steps[k]
             for piece, trained in self.step_pieces(k + 1, action, caption):
                 ids += piece
                 labels += piece if trained else [-100] * len(piece)
-            if emb is not None:
+            if emb is not None or fill is not None:
                 ids += self.block + self.ids("\n")
                 labels += [-100] * (len(self.block) + len(self.ids("\n")))
-                targets.append(emb)
+                targets.append(emb if emb is not None else fill)
+                supervised.append(emb is not None)
         if end == len(ep.steps):
             done = self.ids("Done.") + self.ids("\n")
             ids += done
@@ -127,11 +135,11 @@ class SequenceBuilder:
                 f"a training window of {ep.source} has {len(ids)} tokens, over data.max_tokens={self.max_tokens}; "
                 "lower data.context_steps or raise data.max_tokens"
             )
-        return {"input_ids": ids, "labels": labels, "targets": targets}
+        return {"input_ids": ids, "labels": labels, "targets": targets, "supervised": supervised}
 
     def caption_line(self, caption: str) -> dict[str, object]:
         ids = self.ids("Caption:") + self.ids(" " + caption) + self.ids("\n")
-        return {"input_ids": ids, "labels": list(ids), "targets": []}
+        return {"input_ids": ids, "labels": list(ids), "targets": [], "supervised": []}
 
 
 def windows(episodes: list[Episode], context_steps: int, stride: int) -> list[tuple[int, int]]:
@@ -147,21 +155,41 @@ def windows(episodes: list[Episode], context_steps: int, stride: int) -> list[tu
 
 
 def collate(samples: list[dict[str, object]], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad a list of samples into a batch; targets concatenated in row-major order."""
+    """Right-pad a list of samples into a batch; targets (and whether each is supervised) concatenated in
+    row-major order."""
     width = max(len(s["input_ids"]) for s in samples)
     ids = torch.full((len(samples), width), pad_id, dtype=torch.long)
     labels = torch.full((len(samples), width), -100, dtype=torch.long)
     mask = torch.zeros((len(samples), width), dtype=torch.long)
-    targets = []
+    targets, supervised = [], []
     for i, s in enumerate(samples):
         n = len(s["input_ids"])
         ids[i, :n] = torch.tensor(s["input_ids"])
         labels[i, :n] = torch.tensor(s["labels"])
         mask[i, :n] = 1
         targets += s["targets"]
+        supervised += s.get("supervised", [True] * len(s["targets"]))
     dim = targets[0].shape[0] if targets else 0
     tgt = torch.stack(targets) if targets else torch.zeros(0, dim)
-    return {"input_ids": ids, "labels": labels, "attention_mask": mask, "targets": tgt}
+    return {
+        "input_ids": ids,
+        "labels": labels,
+        "attention_mask": mask,
+        "targets": tgt,
+        "supervised": torch.tensor(supervised, dtype=torch.bool),
+    }
+
+
+def has_visual_targets(sample: dict[str, object]) -> bool:
+    """Whether a sample carries at least one ground-truth visual state (not only filled image blocks)."""
+    return any(sample.get("supervised", [True] * len(sample["targets"])))
+
+
+def mean_embedding(episodes: list[Episode], dim: int) -> torch.Tensor:
+    """The mean of the episodes' step embeddings (zeros [dim] when none has one): what fills the image
+    blocks of text-only steps (``dataset.fill_blocks``)."""
+    embs = [emb for ep in episodes for _, _, emb in ep.steps if emb is not None]
+    return torch.stack(embs).mean(0) if embs else torch.zeros(dim)
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> list[int]:

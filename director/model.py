@@ -276,7 +276,9 @@ class Director(nn.Module):
         """Loss on a collated batch (``input_ids``, ``attention_mask``, ``labels``, ``targets`` [S, D]).
 
         Teacher forcing: the ground-truth z of each step fills its ``<|vis|>`` slots, and the query states of
-        its image block are regressed onto it. Returns the total and its parts (plus L2 and cosine metrics).
+        its image block are regressed onto it (only where ``supervised``, when the batch has it: a text-only
+        step's block, filled with the mean embedding, has no target). Returns the total and its parts (plus L2
+        and cosine metrics).
         """
         if self.lora_merged:
             raise RuntimeError("this director's LoRA is merged into the base weights (inference only)")
@@ -290,9 +292,12 @@ class Director(nn.Module):
             text = logits.sum() * 0.0
         parts = {"text_loss": text}
         total = cfg.text_weight * text
-        if targets.numel():
-            pred = self.predict_visual(out.hidden_states[-1], ids)
-            tgt = targets.float()
+        sup = batch.get("supervised")
+        if sup is None:
+            sup = torch.ones(targets.shape[0], dtype=torch.bool)
+        if targets.numel() and sup.any():  # filled blocks of text-only steps carry no visual loss
+            pred = self.predict_visual(out.hidden_states[-1], ids)[sup]
+            tgt = targets[sup].float()
             cos = F.cosine_similarity(pred, tgt, dim=-1)
             mse = F.mse_loss(pred, tgt)
             total = total + cfg.cos_weight * (1 - cos).mean() + cfg.mse_weight * mse

@@ -44,12 +44,15 @@ from director.checkpoint import (
 )
 from director.config import DirectorConfig, ModelConfig
 from director.data import (
+    Episode,
     SequenceBuilder,
     collate,
     epoch_order,
     grouped_order,
+    has_visual_targets,
     load_caption_lines,
     load_episodes,
+    mean_embedding,
     windows,
 )
 
@@ -83,12 +86,26 @@ def _lr_lambda(cfg: DirectorConfig):
     return f
 
 
-def _load_samples(cfg: DirectorConfig, builder: SequenceBuilder, space: VisualSpace, split: str) -> list[dict]:
+def _episodes(cfg: DirectorConfig, space: VisualSpace, split: str) -> list[Episode]:
     episodes = []
     for d in cfg.data:
         episodes += load_episodes(d, split, space)
+    return episodes
+
+
+def block_fill(cfg: DirectorConfig, space: VisualSpace) -> torch.Tensor | None:
+    """What fills the image blocks of text-only steps (``dataset.fill_blocks``): the mean embedding of the
+    training split's steps (zeros when none has one); None when the option is off."""
+    if not cfg.dataset.fill_blocks:
+        return None
+    return mean_embedding(_episodes(cfg, space, cfg.dataset.train_split), space.dim)
+
+
+def _load_samples(cfg: DirectorConfig, builder: SequenceBuilder, space: VisualSpace, split: str) -> list[dict]:
+    episodes = _episodes(cfg, space, split)
+    fill = block_fill(cfg, space)
     return [
-        builder.episode_window(episodes[e], s, cfg.dataset.context_steps)
+        builder.episode_window(episodes[e], s, cfg.dataset.context_steps, fill)
         for e, s in windows(episodes, cfg.dataset.context_steps, cfg.dataset.stride)
     ]
 
@@ -98,7 +115,7 @@ def training_samples(cfg: DirectorConfig, builder: SequenceBuilder, space: Visua
     ``dataset.visual_repeat`` times) and ``dataset.caption_lines`` captions picked with ``cfg.seed``."""
     samples = _load_samples(cfg, builder, space, cfg.dataset.train_split)
     if cfg.dataset.visual_repeat > 1:
-        samples += [s for s in samples if s["targets"]] * (cfg.dataset.visual_repeat - 1)
+        samples += [s for s in samples if has_visual_targets(s)] * (cfg.dataset.visual_repeat - 1)
     if cfg.dataset.captions_csv and cfg.dataset.caption_lines:
         lines = load_caption_lines(cfg.dataset.captions_csv)
         rng = random.Random(cfg.seed)
@@ -151,7 +168,7 @@ def validate_checkpoint(cfg: DirectorConfig, split: str | None = None) -> dict[s
     pad_id = backbone.tokenizer.pad_token_id if backbone.tokenizer.pad_token_id is not None else 0
     out = validation_metrics(director, samples, cfg, pad_id)
     out["windows"] = float(len(samples))
-    out["visual_states"] = float(sum(len(s["targets"]) for s in samples))
+    out["visual_states"] = float(sum(sum(s["supervised"]) for s in samples))
     return out
 
 
@@ -191,7 +208,7 @@ def train(cfg: DirectorConfig, stop_after: int | None = None, progress: bool = T
         output_vocab |= set(read_output_vocab(cfg.train.init_from) or [])
     val_all = _load_samples(cfg, builder, space, cfg.dataset.val_split)
     # windows with visual states first: they are few, and the embedding metrics need them
-    val_samples = ([s for s in val_all if s["targets"]] + [s for s in val_all if not s["targets"]])[
+    val_samples = ([s for s in val_all if has_visual_targets(s)] + [s for s in val_all if not has_visual_targets(s)])[
         : cfg.dataset.max_val_samples
     ]
     pad_id = backbone.tokenizer.pad_token_id if backbone.tokenizer.pad_token_id is not None else 0

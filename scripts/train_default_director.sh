@@ -2,14 +2,18 @@
 # Reproduces the shipped default director checkpoint (director/checkpoints/default) from the real data in
 # ../shared/data: YouCook2 training recipes (text), the VideoAuteur demo clips (captions + EfficientNet-Lite0
 # keyframe embeddings; potato_mashes held out for validation) and CookGen-style captions from captions.csv.
-# Five stages, each starting from the previous one's weights (train.init_from; fresh optimizer and schedule):
+# Seven stages, each starting from the previous one's weights (train.init_from; fresh optimizer and schedule):
 #   1. 400 steps x batch 4 on windows of 4 steps (~25 min on a 2-core CPU)
 #   2. 510 steps x batch 8 on whole recipes, length-grouped batches, lr 3e-4 (3 epochs, ~45 min)
 #   3. 510 steps x batch 8, the same data, lr 6e-4 (3 more epochs, ~45 min)
 #   4. 510 steps x batch 8, the same data, lr 8e-4, LoRA grown onto the MLP projections too (~60 min)
 #   5. 160 steps x batch 8 on each dish's most typical training recipe (+ the demo clips), lr 5e-4 (~27 min)
+#   6. 240 more steps x batch 8 on the same data, lr 6e-4 (~25 min)
+#   7. 160 steps x batch 8 on the same data, lr 6e-4, the text-only recipes now with the planner's image block
+#      after every step (dataset.fill_blocks, filled with the mean demo embedding; ~17 min). Stages 1-6 predate
+#      that option and ran without it (dataset.fill_blocks=false below reproduces them).
 # Each stage's checkpoint records output_vocab.json (the token ids of its training labels, plus those of
-# train.init_from), so the shipped one holds all five stages'. (The stage-4 checkpoint that stage 5 started from
+# train.init_from), so the shipped one holds all seven stages'. (The stage-4 checkpoint that stage 5 started from
 # predates director train writing the file: scripts/output_vocab.py wrote it, once per stage 1-4 with the
 # overrides below.)
 # Usage: bash scripts/train_default_director.sh [SHARED_DATA_DIR]
@@ -31,11 +35,11 @@ $BIN/cookgen build steps --root runs/demos-src/val --out runs/cookgen-demos-val 
 
 $BIN/director train --config default \
     data=runs/cookgen-youcook2,runs/cookgen-demos,runs/cookgen-demos-val out=runs/director-default \
-    dataset.captions_csv="$DEMOS/captions.csv" dataset.caption_lines=400 dataset.visual_repeat=20 \
+    dataset.captions_csv="$DEMOS/captions.csv" dataset.caption_lines=400 dataset.visual_repeat=20 dataset.fill_blocks=false \
     train.max_steps=400 train.eval_every=100 train.save_every=50 seed=0
 
 WHOLE="dataset.captions_csv=$DEMOS/captions.csv dataset.caption_lines=100 dataset.visual_repeat=5
-    dataset.context_steps=16 dataset.stride=16 dataset.group_by_length=true
+    dataset.fill_blocks=false dataset.context_steps=16 dataset.stride=16 dataset.group_by_length=true
     train.max_steps=510 train.batch_size=8 train.warmup_steps=10 train.eval_every=170 train.save_every=30"
 # shellcheck disable=SC2086
 $BIN/director train --config default \
@@ -61,13 +65,30 @@ $BIN/director train --config default \
     $WHOLE "model.lora.target_modules=[q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj]" \
     train.max_steps=160 train.eval_every=80 train.save_every=40 \
     train.init_from=runs/director-default-s4/final train.lr=0.0005 seed=4
+# 6. more epochs on the same
+# shellcheck disable=SC2086
+$BIN/director train --config default \
+    data=runs/cookgen-youcook2-typical,runs/cookgen-demos,runs/cookgen-demos-val out=runs/director-default-s6 \
+    $WHOLE "model.lora.target_modules=[q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj]" \
+    train.max_steps=240 train.eval_every=120 train.save_every=40 \
+    train.init_from=runs/director-default-s5/final train.lr=0.0006 seed=5
+# 7. the same data in the planner's own format: every text-only step followed by its (filled) image block
+# shellcheck disable=SC2086
+$BIN/director train --config default \
+    data=runs/cookgen-youcook2-typical,runs/cookgen-demos,runs/cookgen-demos-val out=runs/director-default-s7 \
+    $WHOLE dataset.fill_blocks=true \
+    "model.lora.target_modules=[q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj]" \
+    train.max_steps=160 train.eval_every=80 train.save_every=40 \
+    train.init_from=runs/director-default-s6/final train.lr=0.0006 seed=6
 
 # the end rules, chosen on the YouCook2 training videos (put them in the preset): plans without captions by
 # semantic similarity on every training dish, plans with captions by length on 16 dishes
-$BIN/python scripts/calibrate_end_threshold.py --preset runs/director-default-s5/final --dishes 0 --no-captions \
-    --objective semantic | tail -1
-$BIN/python scripts/calibrate_end_threshold.py --preset runs/director-default-s5/final --dishes 16 | tail -1
+# (the shipped end_threshold_captions, 0.17, is the stage-5 calibration: the stage-7 run was not finished)
+$BIN/python scripts/calibrate_end_threshold.py --preset runs/director-default-s7/final --dishes 0 --no-captions \
+    --objective semantic plan.repetition_penalty=1.0 | tail -1
+$BIN/python scripts/calibrate_end_threshold.py --preset runs/director-default-s7/final --dishes 16 \
+    plan.repetition_penalty=1.0 | tail -1
 
 rm -rf director/checkpoints/default && mkdir -p director/checkpoints
-cp -r runs/director-default-s5/final director/checkpoints/default
+cp -r runs/director-default-s7/final director/checkpoints/default
 echo "shipped: director/checkpoints/default"

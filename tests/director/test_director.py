@@ -15,7 +15,17 @@ from director.backbone import BackboneConfig, DirectorError, load_backbone
 from director.checkpoint import build_director
 from director.cli import main
 from director.config import PRESETS, DirectorConfig
-from director.data import SequenceBuilder, collate, epoch_order, grouped_order, load_episodes, windows
+from director.data import (
+    Episode,
+    SequenceBuilder,
+    collate,
+    epoch_order,
+    grouped_order,
+    has_visual_targets,
+    load_episodes,
+    mean_embedding,
+    windows,
+)
 from director.model import IMG_BEGIN, LossConfig, ModelConfig
 from director.plan import Planner
 from director.train import SimulatedKill, train, trained_tensors, validate_checkpoint
@@ -80,6 +90,44 @@ def test_sequences_label_text_but_not_the_prompt_or_image_block(tiny_cookgen) ->
     assert "Done" not in backbone.tokenizer.decode(part["input_ids"]) and "Step 2." in backbone.tokenizer.decode(
         part["input_ids"]
     )
+
+
+def test_text_only_steps_get_the_planners_image_block_filled_and_unsupervised() -> None:
+    director, backbone, cfg = tiny_director()
+    b = SequenceBuilder(backbone.tokenizer, director.image_block_ids(), "action_caption")
+    text_only = Episode("how to make toast", [("Toast the bread.", "", None), ("Butter it.", "", None)])
+    bare = b.episode_window(text_only, 0, 2)
+    assert director.img_begin_id not in bare["input_ids"] and bare["targets"] == [] == bare["supervised"]
+    fill = torch.full((32,), 0.5)
+    filled = b.episode_window(text_only, 0, 2, fill)
+    assert sum(i == director.img_begin_id for i in filled["input_ids"]) == 2
+    assert filled["supervised"] == [False, False] and all(torch.equal(t, fill) for t in filled["targets"])
+    assert not has_visual_targets(filled)
+    # the block sits where the planner writes it: after the step's text, before the next "Step"
+    text = backbone.tokenizer.decode(filled["input_ids"])
+    assert text.index("Toast the bread.") < text.index(IMG_BEGIN) < text.index("Step 2.")
+    # same labels as without the block: the text targets do not change, the block is never a label
+    assert [t for t in filled["labels"] if t != -100] == [t for t in bare["labels"] if t != -100]
+    z = torch.randn(32)
+    seen = Episode("how to make eggs", [("Crack the eggs.", "A pan.", z), ("Stir.", "", None)])
+    mixed = b.episode_window(seen, 0, 2, fill)
+    assert mixed["supervised"] == [True, False] and has_visual_targets(mixed)
+    assert torch.equal(mean_embedding([text_only, seen], 32), z) and torch.equal(
+        mean_embedding([text_only], 32), torch.zeros(32)
+    )
+    # the loss regresses only the supervised block: a batch of filled blocks alone has no visual loss
+    pad = backbone.tokenizer.pad_token_id
+    only_filled = director.loss(collate([filled], pad), LossConfig())
+    assert "cos" not in only_filled and torch.equal(
+        only_filled["loss"], only_filled["text_loss"] * LossConfig().text_weight
+    )
+    batch = collate([filled, mixed], pad)
+    assert batch["supervised"].tolist() == [False, False, True, False] and batch["targets"].shape == (4, 32)
+    with torch.no_grad():
+        parts = director.loss(batch, LossConfig())
+        out = director.run(batch["input_ids"], batch["targets"], batch["attention_mask"], hidden=True)
+        pred = director.predict_visual(out.hidden_states[-1], batch["input_ids"])[2]
+    assert float(parts["cos"]) == pytest.approx(float(torch.cosine_similarity(pred, z, dim=0)), abs=1e-5)
 
 
 def test_loss_falls_when_overfitting_one_batch(tiny_cookgen) -> None:
