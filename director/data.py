@@ -168,7 +168,7 @@ def collate(samples: list[dict[str, object]], pad_id: int) -> dict[str, torch.Te
         labels[i, :n] = torch.tensor(s["labels"])
         mask[i, :n] = 1
         targets += s["targets"]
-        supervised += s.get("supervised", [True] * len(s["targets"]))
+        supervised += s["supervised"]
     dim = targets[0].shape[0] if targets else 0
     tgt = torch.stack(targets) if targets else torch.zeros(0, dim)
     return {
@@ -182,7 +182,7 @@ def collate(samples: list[dict[str, object]], pad_id: int) -> dict[str, torch.Te
 
 def has_visual_targets(sample: dict[str, object]) -> bool:
     """Whether a sample carries at least one ground-truth visual state (not only filled image blocks)."""
-    return any(sample.get("supervised", [True] * len(sample["targets"])))
+    return any(sample["supervised"])
 
 
 def mean_embedding(episodes: list[Episode], dim: int) -> torch.Tensor:

@@ -276,9 +276,8 @@ class Director(nn.Module):
         """Loss on a collated batch (``input_ids``, ``attention_mask``, ``labels``, ``targets`` [S, D]).
 
         Teacher forcing: the ground-truth z of each step fills its ``<|vis|>`` slots, and the query states of
-        its image block are regressed onto it (only where ``supervised``, when the batch has it: a text-only
-        step's block, filled with the mean embedding, has no target). Returns the total and its parts (plus L2
-        and cosine metrics).
+        its image block are regressed onto it (only where ``supervised``: a text-only step's block, filled
+        with the mean embedding, has no target). Returns the total and its parts (plus L2 and cosine metrics).
         """
         if self.lora_merged:
             raise RuntimeError("this director's LoRA is merged into the base weights (inference only)")
@@ -292,10 +291,8 @@ class Director(nn.Module):
             text = logits.sum() * 0.0
         parts = {"text_loss": text}
         total = cfg.text_weight * text
-        sup = batch.get("supervised")
-        if sup is None:
-            sup = torch.ones(targets.shape[0], dtype=torch.bool)
-        if targets.numel() and sup.any():  # filled blocks of text-only steps carry no visual loss
+        sup = batch["supervised"]
+        if sup.any():  # filled blocks of text-only steps carry no visual loss
             pred = self.predict_visual(out.hidden_states[-1], ids)[sup]
             tgt = targets[sup].float()
             cos = F.cosine_similarity(pred, tgt, dim=-1)

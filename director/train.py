@@ -101,19 +101,23 @@ def block_fill(cfg: DirectorConfig, space: VisualSpace) -> torch.Tensor | None:
     return mean_embedding(_episodes(cfg, space, cfg.dataset.train_split), space.dim)
 
 
-def _load_samples(cfg: DirectorConfig, builder: SequenceBuilder, space: VisualSpace, split: str) -> list[dict]:
+def _load_samples(
+    cfg: DirectorConfig, builder: SequenceBuilder, space: VisualSpace, split: str, fill: torch.Tensor | None
+) -> list[dict]:
     episodes = _episodes(cfg, space, split)
-    fill = block_fill(cfg, space)
     return [
         builder.episode_window(episodes[e], s, cfg.dataset.context_steps, fill)
         for e, s in windows(episodes, cfg.dataset.context_steps, cfg.dataset.stride)
     ]
 
 
-def training_samples(cfg: DirectorConfig, builder: SequenceBuilder, space: VisualSpace) -> list[dict]:
+def training_samples(
+    cfg: DirectorConfig, builder: SequenceBuilder, space: VisualSpace, fill: torch.Tensor | None
+) -> list[dict]:
     """The training samples ``cfg`` describes: step windows of the train splits (visual windows repeated
-    ``dataset.visual_repeat`` times) and ``dataset.caption_lines`` captions picked with ``cfg.seed``."""
-    samples = _load_samples(cfg, builder, space, cfg.dataset.train_split)
+    ``dataset.visual_repeat`` times; text-only steps' image blocks filled with ``fill``, see ``block_fill``) and
+    ``dataset.caption_lines`` captions picked with ``cfg.seed``."""
+    samples = _load_samples(cfg, builder, space, cfg.dataset.train_split, fill)
     if cfg.dataset.visual_repeat > 1:
         samples += [s for s in samples if has_visual_targets(s)] * (cfg.dataset.visual_repeat - 1)
     if cfg.dataset.captions_csv and cfg.dataset.caption_lines:
@@ -162,7 +166,7 @@ def validate_checkpoint(cfg: DirectorConfig, split: str | None = None) -> dict[s
     director.eval()
     builder = SequenceBuilder(backbone.tokenizer, director.image_block_ids(), cfg.model.order, cfg.dataset.max_tokens)
     split = split or cfg.dataset.val_split
-    samples = _load_samples(cfg, builder, space, split)
+    samples = _load_samples(cfg, builder, space, split, block_fill(cfg, space))
     if not samples:
         raise DirectorError(f"the {split!r} splits of {', '.join(cfg.data)} hold no steps")
     pad_id = backbone.tokenizer.pad_token_id if backbone.tokenizer.pad_token_id is not None else 0
@@ -202,11 +206,12 @@ def train(cfg: DirectorConfig, stop_after: int | None = None, progress: bool = T
         check_growable(from_dict(ModelConfig, init["model"]), cfg.model, cfg.train.init_from)
         load_checkpoint_into(director, cfg.train.init_from, partial_adapter=True)
     builder = SequenceBuilder(backbone.tokenizer, director.image_block_ids(), cfg.model.order, cfg.dataset.max_tokens)
-    train_samples = training_samples(cfg, builder, space)
+    fill = block_fill(cfg, space)
+    train_samples = training_samples(cfg, builder, space, fill)
     output_vocab = label_vocabulary(train_samples)
     if cfg.train.init_from:  # what the starting checkpoint learned to write, it can still write
         output_vocab |= set(read_output_vocab(cfg.train.init_from) or [])
-    val_all = _load_samples(cfg, builder, space, cfg.dataset.val_split)
+    val_all = _load_samples(cfg, builder, space, cfg.dataset.val_split, fill)
     # windows with visual states first: they are few, and the embedding metrics need them
     val_samples = ([s for s in val_all if has_visual_targets(s)] + [s for s in val_all if not has_visual_targets(s)])[
         : cfg.dataset.max_val_samples

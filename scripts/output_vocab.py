@@ -43,7 +43,7 @@ def main() -> int:
         builder = SequenceBuilder(
             backbone.tokenizer, director.image_block_ids(), cfg.model.order, cfg.dataset.max_tokens
         )
-        ids = label_vocabulary(training_samples(cfg, builder, space))
+        ids = label_vocabulary(training_samples(cfg, builder, space, None))  # the labels do not depend on the fill
         old = set() if args.replace else set(read_output_vocab(args.checkpoint) or [])
     except AuteurError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -447,7 +447,7 @@ def test_training_records_the_label_vocabulary(tiny_cookgen, tmp_path: Path) -> 
     final = train(cfg, progress=False)
     director, backbone, _ = tiny_director()
     builder = SequenceBuilder(backbone.tokenizer, director.image_block_ids(), cfg.model.order, cfg.dataset.max_tokens)
-    expected = label_vocabulary(training_samples(cfg, builder, resolve_space(cfg)))
+    expected = label_vocabulary(training_samples(cfg, builder, resolve_space(cfg), None))
     assert (
         set(read_output_vocab(final)) == expected
         and set(read_output_vocab(tmp_path / "a" / "checkpoints" / "step-000001")) == expected
