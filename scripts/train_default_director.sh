@@ -83,7 +83,6 @@ $BIN/director train --config default \
 
 # the end rules, chosen on the YouCook2 training videos (put them in the preset): plans without captions by
 # semantic similarity on every training dish, plans with captions by length on 16 dishes
-# (the shipped end_threshold_captions, 0.17, is the stage-5 calibration: the stage-7 run was not finished)
 $BIN/python scripts/calibrate_end_threshold.py --preset runs/director-default-s7/final --dishes 0 --no-captions \
     --objective semantic plan.repetition_penalty=1.0 | tail -1
 $BIN/python scripts/calibrate_end_threshold.py --preset runs/director-default-s7/final --dishes 16 \
