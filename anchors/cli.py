@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from anchors.config import PRESETS, AnchorsConfig, AnchorsError
-from auteur.cliutil import ArgumentParser, run_cli, setup_logging
+from auteur.cliutil import ArgumentParser, parse_with_overrides, run_cli, setup_logging
 from auteur.config import list_presets, load_config
 
 log = logging.getLogger(__name__)
@@ -142,7 +142,7 @@ def _train(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     def body() -> int:
-        args = _parser().parse_args(argv)
+        args = parse_with_overrides(_parser(), argv)  # key=value may also follow the options
         setup_logging()
         logging.getLogger("transformers").setLevel(logging.ERROR)
         if args.command == "generate":

@@ -25,6 +25,20 @@ class ArgumentParser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog}: {message}")
 
 
+def parse_with_overrides(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """``parser.parse_args``, but ``key=value`` overrides may come anywhere, also after options: argparse stops
+    filling a positional list at the first option and leaves the rest over, so they are appended to the
+    parsed ``overrides`` here. Anything else left over (an unknown option, a stray word, an override to a
+    command without ``overrides``) is a usage error."""
+    args, extra = parser.parse_known_args(argv)
+    bad = [x for x in extra if x.startswith("-") or "=" not in x or not hasattr(args, "overrides")]
+    if bad:
+        raise UsageError(f"{parser.prog}: unrecognized arguments: {' '.join(bad)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
+    return args
+
+
 def run_cli(body: Callable[[], int | None]) -> int:
     """Run a CLI body; user errors become one line on stderr and exit code 2."""
     try:

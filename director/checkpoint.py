@@ -5,7 +5,9 @@ A checkpoint folder holds only what training changes (a few MB, never the base L
 - ``adapter_model.safetensors`` + ``adapter_config.json``: the LoRA adapter in peft's format;
 - ``director_extra.safetensors``: the image-block (query) embeddings, the regression head, the projector;
 - ``director.json``: the base model id it was trained on, the visual space, the model config, provenance;
-- ``output_vocab.json``: the token ids of the texts it was trained to write (for ``plan.output_vocab``).
+- ``output_vocab.json``: the token ids of the texts it was trained to write (for ``plan.output_vocab``);
+- ``block_fill.safetensors``: what filled the image blocks of its text-only training steps
+  (``dataset.fill_blocks``), so that ``director validate`` scores any data in the format it was trained on.
 
 :func:`build_director` loads the base LM (:mod:`director.backbone`), checks it is the one the checkpoint was
 trained on, and applies the checkpoint. A mismatch (another base model, another visual space) is an error.
@@ -36,6 +38,7 @@ META = "director.json"
 EXTRA = "director_extra.safetensors"
 ADAPTER = "adapter_model.safetensors"
 OUTPUT_VOCAB = "output_vocab.json"
+BLOCK_FILL = "block_fill.safetensors"
 
 
 def save_checkpoint(
@@ -44,10 +47,12 @@ def save_checkpoint(
     base_model_id: str,
     space: VisualSpace,
     output_vocab: Iterable[int] | None = None,
+    block_fill: torch.Tensor | None = None,
     **meta: Any,
 ) -> Path:
     """Write the trained parts of ``director`` into ``folder`` (atomically, replacing it); ``output_vocab``: the
-    token ids of its training labels (``output_vocab.json``)."""
+    token ids of its training labels (``output_vocab.json``); ``block_fill``: the fill of its text-only steps'
+    image blocks (``block_fill.safetensors``)."""
     folder = Path(folder)
     with atomic_dir(folder) as tmp:
         if director.cfg.lora.enabled:
@@ -64,7 +69,29 @@ def save_checkpoint(
         (tmp / META).write_text(json.dumps(info, indent=2) + "\n")
         if output_vocab is not None:
             write_output_vocab(tmp, output_vocab)
+        if block_fill is not None:
+            write_block_fill(tmp, block_fill)
     return folder
+
+
+def write_block_fill(folder: str | Path, fill: torch.Tensor) -> None:
+    """Record what filled the image blocks of the text-only training steps (a [dim] embedding)."""
+    save_file({"fill": fill.detach().float().contiguous().cpu()}, str(Path(folder) / BLOCK_FILL))
+
+
+def read_block_fill(folder: str | Path, dim: int) -> torch.Tensor | None:
+    """The checkpoint's block fill ([dim]); None when it has none (trained without ``dataset.fill_blocks``, or
+    before checkpoints recorded it)."""
+    path = Path(folder) / BLOCK_FILL
+    if not path.is_file():
+        return None
+    try:
+        fill = load_file(str(path))["fill"]
+    except Exception as e:  # safetensors raises several types for a damaged file
+        raise DirectorError(f"{path} is not a valid block fill: {e}") from None
+    if fill.shape != (dim,):
+        raise DirectorError(f"{path} holds a fill of shape {tuple(fill.shape)}, not ({dim},) of the visual space")
+    return fill
 
 
 def write_output_vocab(folder: str | Path, token_ids: Iterable[int]) -> None:

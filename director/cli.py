@@ -20,7 +20,7 @@ import re
 import sys
 from pathlib import Path
 
-from auteur.cliutil import ArgumentParser, UsageError, run_cli, setup_logging
+from auteur.cliutil import ArgumentParser, UsageError, parse_with_overrides, run_cli, setup_logging
 from auteur.config import list_presets, load_config, save_config
 from director.config import PRESETS, DirectorConfig
 
@@ -236,7 +236,7 @@ def _validate(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     def body() -> int:
-        args = _parser().parse_args(argv)
+        args = parse_with_overrides(_parser(), argv)  # key=value may also follow the options
         setup_logging()
         logging.getLogger("transformers").setLevel(logging.ERROR)
         if args.command == "plan":

@@ -38,6 +38,7 @@ from director.checkpoint import (
     build_director,
     check_growable,
     load_checkpoint_into,
+    read_block_fill,
     read_meta,
     read_output_vocab,
     save_checkpoint,
@@ -166,7 +167,9 @@ def validate_checkpoint(cfg: DirectorConfig, split: str | None = None) -> dict[s
     director.eval()
     builder = SequenceBuilder(backbone.tokenizer, director.image_block_ids(), cfg.model.order, cfg.dataset.max_tokens)
     split = split or cfg.dataset.val_split
-    samples = _load_samples(cfg, builder, space, split, block_fill(cfg, space))
+    # the fill the checkpoint was trained with, when it recorded one (the data may hold no training split)
+    stored = read_block_fill(cfg.checkpoint, space.dim) if cfg.dataset.fill_blocks else None
+    samples = _load_samples(cfg, builder, space, split, stored if stored is not None else block_fill(cfg, space))
     if not samples:
         raise DirectorError(f"the {split!r} splits of {', '.join(cfg.data)} hold no steps")
     pad_id = backbone.tokenizer.pad_token_id if backbone.tokenizer.pad_token_id is not None else 0
@@ -271,14 +274,18 @@ def train(cfg: DirectorConfig, stop_after: int | None = None, progress: bool = T
         model.train()
         return metrics
 
+    def save_weights(target: Path, at: int, **meta: Any) -> None:
+        unwrapped = accelerator.unwrap_model(model)
+        backbone_cfg = to_dict(cfg.backbone)
+        save_checkpoint(
+            unwrapped, target, backbone.model_id, space, output_vocab, fill, step=at, backbone=backbone_cfg, **meta
+        )
+
     def save(at: int) -> None:
         if not main_proc:
             return
-        unwrapped = accelerator.unwrap_model(model)
         target = training.checkpoint_dir(run, at)
-        save_checkpoint(
-            unwrapped, target, backbone.model_id, space, output_vocab, step=at, backbone=to_dict(cfg.backbone)
-        )
+        save_weights(target, at)
         with atomic_dir(target) as tmp:  # add the optimizer state beside the weights, in one rename
             for f in target.iterdir():
                 shutil.copy2(f, tmp / f.name)
@@ -338,14 +345,9 @@ def train(cfg: DirectorConfig, stop_after: int | None = None, progress: bool = T
     final = run / "final"
     if main_proc:
         val = validate()
-        save_checkpoint(
-            accelerator.unwrap_model(model),
+        save_weights(
             final,
-            backbone.model_id,
-            space,
-            output_vocab,
-            step=step,
-            backbone=to_dict(cfg.backbone),
+            step,
             trained_on={"data": list(cfg.data), "train_samples": len(train_samples), "steps": step},
             validation=val,
         )

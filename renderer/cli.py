@@ -16,7 +16,7 @@ import re
 import sys
 from pathlib import Path
 
-from auteur.cliutil import ArgumentParser, UsageError, run_cli, setup_logging
+from auteur.cliutil import ArgumentParser, UsageError, parse_with_overrides, run_cli, setup_logging
 from auteur.config import list_presets, load_config
 from renderer.config import PRESETS, RenderConfig
 
@@ -92,13 +92,7 @@ def _train(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     def body() -> int:
-        # key=value overrides may come anywhere, also after options (argparse leaves them over)
-        args, extra = _parser().parse_known_args(argv)
-        bad = [x for x in extra if x.startswith("-") or "=" not in x or not hasattr(args, "overrides")]
-        if bad:
-            raise UsageError(f"renderer: unrecognized arguments: {' '.join(bad)}")
-        if extra:
-            args.overrides = [*args.overrides, *extra]
+        args = parse_with_overrides(_parser(), argv)  # key=value may also follow the options
         setup_logging()
         from diffusers.utils import logging as diffusers_logging
         from transformers.utils import logging as transformers_logging

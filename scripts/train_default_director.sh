@@ -15,7 +15,8 @@
 # Each stage's checkpoint records output_vocab.json (the token ids of its training labels, plus those of
 # train.init_from), so the shipped one holds all seven stages'. (The stage-4 checkpoint that stage 5 started from
 # predates director train writing the file: scripts/output_vocab.py wrote it, once per stage 1-4 with the
-# overrides below.)
+# overrides below. Likewise the shipped block_fill.safetensors, which training now writes itself, was added to the
+# stage-7 checkpoint afterwards with director.train.block_fill on the stage-7 config: the same mean embedding.)
 # Usage: bash scripts/train_default_director.sh [SHARED_DATA_DIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -15,7 +15,7 @@ import logging
 import sys
 from pathlib import Path
 
-from auteur.cliutil import ArgumentParser, UsageError, run_cli, setup_logging
+from auteur.cliutil import ArgumentParser, UsageError, parse_with_overrides, run_cli, setup_logging
 from auteur.config import list_presets, load_config
 from videogen.config import PRESETS, VideogenConfig
 
@@ -80,13 +80,7 @@ def _train(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     def body() -> int:
-        parser = _parser()
-        args, extra = parser.parse_known_args(argv)
-        # key=value overrides may also follow the options (argparse stops filling positionals at an option)
-        if extra and all("=" in x and not x.startswith("-") for x in extra) and hasattr(args, "overrides"):
-            args.overrides = [*args.overrides, *extra]
-        elif extra:
-            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args = parse_with_overrides(_parser(), argv)  # key=value may also follow the options
         setup_logging()
         if args.command == "generate":
             return _generate(args)

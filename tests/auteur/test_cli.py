@@ -43,3 +43,26 @@ def test_embed_writes_embeddings_with_their_space(tmp_path: Path, capsys) -> Non
     (tmp_path / "bad.png").write_bytes(b"not an image")
     assert main(["embed", str(tmp_path / "bad.png"), "--out", str(tmp_path / "x.safetensors")]) == 2
     assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_overrides_may_follow_options_and_anything_else_left_over_is_a_usage_error() -> None:
+    import pytest
+
+    from auteur.cliutil import ArgumentParser, UsageError, parse_with_overrides
+
+    p = ArgumentParser(prog="tool")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
+    run = sub.add_parser("run")
+    run.add_argument("query")
+    run.add_argument("--steps", type=int)
+    run.add_argument("overrides", nargs="*")
+    sub.add_parser("list")
+    args = parse_with_overrides(p, ["run", "soup", "a.b=1", "--steps", "3", "c=2", "d.e=[x,y]"])
+    assert (args.query, args.steps, args.overrides) == ("soup", 3, ["a.b=1", "c=2", "d.e=[x,y]"])
+    for argv, bad in [
+        (["run", "soup", "--steps", "3", "stray"], "stray"),
+        (["run", "soup", "--bogus=1"], "--bogus=1"),
+        (["list", "a=1"], "a=1"),  # a command without overrides takes none
+    ]:
+        with pytest.raises(UsageError, match=f"tool: unrecognized arguments: {bad}"):
+            parse_with_overrides(p, argv)

@@ -12,7 +12,7 @@ import torch
 from auteur.config import load_config
 from auteur.plan import VisualSpace, load_plan
 from director.backbone import BackboneConfig, DirectorError, load_backbone
-from director.checkpoint import build_director
+from director.checkpoint import BLOCK_FILL, build_director, read_block_fill
 from director.cli import main
 from director.config import PRESETS, DirectorConfig
 from director.data import (
@@ -153,6 +153,39 @@ def test_loss_falls_when_overfitting_one_batch(tiny_cookgen) -> None:
 def _train_cfg(data: list[Path], out: Path, **over) -> DirectorConfig:
     overrides = [f"data={','.join(map(str, data))}", f"out={out}"] + [f"{k}={v}" for k, v in over.items()]
     return load_config(DirectorConfig, "tiny", overrides, preset_dir=PRESETS)
+
+
+def test_validate_fills_text_only_blocks_with_the_checkpoints_own_fill(tiny_cookgen, tmp_path: Path) -> None:
+    from cookgen.cli import main as cookgen
+    from tests.cookgen.conftest import write_youcook2, yc_video
+
+    final = train(_train_cfg(tiny_cookgen, tmp_path / "run", **{"train.max_steps": 2}), progress=False)
+    train_mean = mean_embedding(load_episodes(tiny_cookgen[0], "train", None), 32)
+    assert torch.equal(read_block_fill(final, 32), train_mean) and train_mean.abs().sum() > 0
+    # text-only validation recipes (YouCook2-style) in a build with no training split
+    ann = write_youcook2(
+        tmp_path / "ann.json",
+        {"v1": yc_video("validation", "201", [(0, 5, "chop the lettuce"), (6, 9, "add oil"), (10, 12, "toss it")])},
+    )
+    labels = tmp_path / "labels.csv"
+    labels.write_text("201,salad\n")
+    yc = tmp_path / "yc"
+    assert cookgen(["build", "youcook2", "--annotations", str(ann), "--labels", str(labels), "--out", str(yc)]) == 0
+
+    def scores(data: list[Path]) -> dict[str, float]:
+        cfg = _train_cfg(data, tmp_path / "unused")
+        cfg.checkpoint = str(final)
+        return validate_checkpoint(cfg)
+
+    own = scores([yc])
+    assert own["visual_states"] == 0 and own["windows"] > 0
+    # the same as when the training split is there to compute the fill from
+    assert own["text_loss"] == pytest.approx(scores([tiny_cookgen[0], yc])["text_loss"], rel=1e-6)
+    (final / BLOCK_FILL).unlink()  # an older checkpoint: the fill comes from the data, here none (zeros)
+    assert scores([yc])["text_loss"] != pytest.approx(own["text_loss"], rel=1e-6)
+    (final / BLOCK_FILL).write_bytes(b"not safetensors")
+    with pytest.raises(DirectorError, match="not a valid block fill"):
+        scores([yc])
 
 
 def test_train_writes_checkpoints_logs_and_resumes_bit_identically(tiny_cookgen, tmp_path: Path) -> None:
@@ -309,13 +342,15 @@ def test_plan_lengths_and_continuation() -> None:
 
 def test_cli_plan_writes_a_valid_plan_folder(tmp_path: Path, capsys) -> None:
     out = tmp_path / "plan"
-    assert main(["plan", "how to cook a tuna sandwich", "--preset", "tiny", "--steps", "2", "--out", str(out)]) == 0
+    # a key=value override may follow the options
+    argv = ["plan", "how to cook a tuna sandwich", "--preset", "tiny", "--steps", "2", "--out", str(out)]
+    assert main([*argv, "plan.max_steps=5"]) == 0
     text = capsys.readouterr().out
     assert "Plan: how to cook a tuna sandwich" in text and "\n1. " in text and "UNTRAINED" in text
     plan = load_plan(out)
     assert len(plan.steps) == 2 and plan.embeddings.shape == (2, 32)
     assert plan.space.name.startswith("open_clip-random/") and plan.provenance["models"]["director_trained"] is False
-    assert (out / "config.yaml").is_file()
+    assert "max_steps: 5" in (out / "config.yaml").read_text()
     # continuation keeps the (hand-edited) first step
     data = json.loads((out / "plan.json").read_text())
     data["steps"][0]["action"] = "Open a can of tuna."
