@@ -156,6 +156,17 @@ def save_plan(plan: Plan, folder: str | Path) -> Path:
     return folder
 
 
+def check_plan_out(folder: str | Path, flag: str = "--out") -> Path:
+    """Refuse to replace ``folder`` unless it is absent, empty, or a plan folder (holds plan.json): commands
+    that write a whole plan replace their output folder, and must never delete a user's other files."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise PlanError(f"{flag} {folder} is a file, not a plan folder")
+    if folder.is_dir() and any(folder.iterdir()) and not (folder / PLAN_FILE).is_file():
+        raise PlanError(f"{flag} {folder} exists and is not a plan folder (no {PLAN_FILE}); choose another folder")
+    return folder
+
+
 def _require(obj: dict[str, Any], key: str, types_: type | tuple[type, ...], where: str, optional: bool = False):
     if key not in obj:
         if optional:

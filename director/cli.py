@@ -114,7 +114,7 @@ def _plan(args) -> int:
     import torch
 
     from auteur.io import atomic_dir
-    from auteur.plan import Plan, Step, VisualSpace, load_plan, plan_to_json, save_plan
+    from auteur.plan import Plan, Step, VisualSpace, check_plan_out, load_plan, plan_to_json, save_plan
     from director.checkpoint import build_director
     from director.plan import Planner
     from director.train import resolve_space
@@ -138,6 +138,7 @@ def _plan(args) -> int:
         raise UsageError('the query is empty: give what to plan, e.g. "how to cook a tuna sandwich"')
     if args.steps is not None and args.steps < 1:
         raise UsageError(f"--steps must be at least 1, got {args.steps}")
+    out = check_plan_out(args.out or Path("runs") / "plans" / _slug(query))
     cfg = resolve_config(args.preset, args.overrides)
     if args.temperature is not None:
         if args.temperature < 0:
@@ -191,7 +192,6 @@ def _plan(args) -> int:
         space=space,
         provenance=provenance,
     )
-    out = args.out or Path("runs") / "plans" / _slug(query)
     with atomic_dir(out) as tmp:
         save_plan(plan, tmp)
         save_config(cfg, tmp)

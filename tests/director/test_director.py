@@ -387,20 +387,22 @@ def test_cli_plan_writes_a_valid_plan_folder(tmp_path: Path, capsys) -> None:
         (["plan", "soup", "--preset", "galactic"], "unknown preset 'galactic'"),
         (["plan", "soup", "--preset", "tiny", "--from-step", "1"], "--continue"),
         (["plan", "soup", "--preset", "tiny", "plan.max_stepz=3"], "plan.max_stepz"),
+        (["plan", "soup", "--preset", "tiny", "--out", "{mine}"], "is not a plan folder"),
         (["plan", "soup " * 600, "--preset", "tiny"], "context"),
         (["train", "--config", "tiny"], "no training data"),
         (["train", "--config", "tiny", "data={missing}", "out={out}"], "not found"),
     ],
 )
 def test_cli_bad_input_is_one_line_exit_2(tmp_path: Path, capsys, argv, needle) -> None:
-    out = tmp_path / "out"
-    argv = [a.format(missing=tmp_path / "nope", out=out) for a in argv] + (
-        ["--out", str(out)] if argv[0] == "plan" else []
-    )
+    out, mine = tmp_path / "out", tmp_path / "mine"
+    (mine / "notes.txt").parent.mkdir()
+    (mine / "notes.txt").write_text("a user's file")
+    argv = [a.format(missing=tmp_path / "nope", out=out, mine=mine) for a in argv]
+    argv += ["--out", str(out)] if argv[0] == "plan" and "--out" not in argv else []
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and needle in err, err
-    assert not out.exists()
+    assert not out.exists() and (mine / "notes.txt").read_text() == "a user's file"
 
 
 def test_incompatible_checkpoints_are_refused(tiny_cookgen, tmp_path: Path, capsys) -> None:
