@@ -19,6 +19,15 @@ Story JSON (``anchors generate --story``)::
 
 ``frames`` is optional (default 1, or an even share of ``--frames N``). A plain list is accepted too, in the
 ViStoryBench-like simple form: a list of strings (one event each) or of ``{"text"|"description", ...}``.
+Events are read from ``events``, else ``shots``, else ``scenes``.
+
+A prompt item of ``auteur compare`` (``{"id", "prompt", "shots": [...], "expected_counts", "references",
+"meta"}``, :class:`auteur.prompts.PromptItem`) is a story too: ``prompt`` is the title when there is no
+``title``; ``subjects`` and ``style`` are read at the top level, else inside ``meta`` (as are the shots'
+frame counts, ``meta.event_frames``: one count or null per shot). An item with no events but a prompt (or a
+title), such as a YouCook2 query "how to make pad thai", is StoryAnchors' global-caption case: the prompt is
+ONE event spanning all story frames (``--frames N``, else ``generate.num_frames``). A story with neither
+events nor a prompt or title is an error.
 """
 
 from __future__ import annotations
@@ -55,6 +64,18 @@ class Story:
         for i, e in enumerate(self.events):
             out += [i] * int(e.frames or 0)
         return out
+
+    def span(self, start: int, end: int) -> Story:
+        """The story of frames ``start`` to ``end - 1`` (0-based): the events there, with the frames they
+        keep (a window of a long story, :mod:`anchors.generate`); every event's ``frames`` must be set."""
+        events, pos = [], 0
+        for e in self.events:
+            n = int(e.frames or 0)
+            kept = min(pos + n, end) - max(pos, start)
+            if kept > 0:
+                events.append(Event(e.text, kept))
+            pos += n
+        return Story(self.title, events, self.subjects, self.style, dict(self.meta))
 
 
 def _header(subjects: str, style: str) -> list[str]:
@@ -113,26 +134,45 @@ def _event(item: Any, where: str) -> Event:
     return Event(" ".join(text.split()), frames)
 
 
+def _text_field(data: dict, key: str, name: str) -> str:
+    value = data.get(key) or ""
+    if isinstance(value, list):
+        value = ", ".join(map(str, value))
+    if not isinstance(value, str):
+        raise AnchorsError(f"{name}: '{key}' must be a string")
+    return " ".join(value.split())
+
+
 def story_from_json(data: Any, name: str = "story") -> Story:
-    """A :class:`Story` from parsed story JSON (see the module docstring); AnchorsError on bad input."""
+    """A :class:`Story` from parsed story JSON or a compare prompt item (see the module docstring);
+    AnchorsError on bad input."""
     if isinstance(data, list):
         data = {"events": data}
     if not isinstance(data, dict):
         raise AnchorsError(f"{name}: top level must be an object with 'events' or a list of events")
-    raw = data.get("events", data.get("shots", data.get("scenes")))
-    if not isinstance(raw, list) or not raw:
-        raise AnchorsError(f"{name}: the story has no events (give 'events': [{{'text': ...}}, ...])")
-    events = [_event(item, f"{name}: events[{i}]") for i, item in enumerate(raw)]
-    fields = {}
-    for key in ("title", "subjects", "style"):
-        value = data.get(key, "")
-        if isinstance(value, list):
-            value = ", ".join(map(str, value))
-        if not isinstance(value, str):
-            raise AnchorsError(f"{name}: '{key}' must be a string")
-        fields[key] = value
-    title = fields["title"] or events[0].text
-    return Story(title=title, events=events, subjects=fields["subjects"], style=fields["style"])
+    meta = data.get("meta") or {}
+    if not isinstance(meta, dict):
+        raise AnchorsError(f"{name}: 'meta' must be an object")
+    key = next((k for k in ("events", "shots", "scenes") if data.get(k) is not None), "events")
+    raw = data.get(key) or []
+    if not isinstance(raw, list):
+        raise AnchorsError(f"{name}: '{key}' must be a list of events")
+    counts = meta.get("event_frames")  # frame counts of plain-text shots (compare items of anchors stories)
+    if counts is not None:
+        if not isinstance(counts, list) or len(counts) != len(raw):
+            raise AnchorsError(f"{name}: 'meta.event_frames' must be a list with one entry per event")
+        raw = [{"text": e, "frames": n} if isinstance(e, str) and n is not None else e for e, n in zip(raw, counts)]
+    events = [_event(item, f"{name}: {key}[{i}]") for i, item in enumerate(raw)]
+    title = _text_field(data, "title", name) or _text_field(data, "prompt", name)
+    if not events:
+        if not title:
+            raise AnchorsError(
+                f"{name}: the story has no events and no prompt (give 'events': [{{'text': ...}}, ...] or 'prompt')"
+            )
+        events = [Event(title)]  # the global-caption case: one event over all story frames
+    subjects = _text_field(data, "subjects", name) or _text_field(meta, "subjects", f"{name}: meta")
+    style = _text_field(data, "style", name) or _text_field(meta, "style", f"{name}: meta")
+    return Story(title=title or events[0].text, events=events, subjects=subjects, style=style)
 
 
 def load_story(path: str | Path) -> Story:

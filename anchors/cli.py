@@ -57,7 +57,9 @@ def _parser() -> ArgumentParser:
     g = sub.add_parser("generate", help="generate a story's frames jointly, as a Plan folder")
     g.add_argument("--story", required=True, type=Path, help="story JSON (see the README section on anchors)")
     g.add_argument(
-        "--frames", type=int, help="number of story frames (default: the story's, else generate.num_frames)"
+        "--frames",
+        type=int,
+        help="number of story frames (default: the story's, else generate.num_frames); more than a window: in windows",
     )
     g.add_argument("--condition", metavar="PLAN_DIR:K[,K]", help="keep these frames of a plan folder (1-based)")
     g.add_argument("--preset", default="default")
@@ -76,10 +78,12 @@ def _parser() -> ArgumentParser:
 
 def _generate(args) -> int:
     from anchors.captions import assign_frames, load_story
-    from anchors.generate import condition_images, generate, parse_condition, write_plan
-    from anchors.model import build_anchors, check_num_frames
+    from anchors.generate import condition_images, generate, parse_condition, story_windows, write_plan
+    from anchors.model import build_anchors, frame_limits
+    from auteur.plan import check_plan_out
 
     # 1. everything the user gave is checked before a model is built or a file written
+    check_plan_out(args.out)
     cfg = resolve_config(args.preset, args.overrides)
     story = load_story(args.story)
     if args.frames is not None:
@@ -88,7 +92,7 @@ def _generate(args) -> int:
         n = assign_frames(story, None)
     else:
         n = assign_frames(story, max(cfg.generate.num_frames, len(story.events)))
-    check_num_frames(n, cfg.model, int(cfg.model.transformer.patch_size[0]))
+    story_windows(n, cfg.model, cfg.generate, *frame_limits(cfg.model))
     given = {}
     cond_from = None
     if args.condition:
@@ -100,8 +104,6 @@ def _generate(args) -> int:
         if max(frames) > n:
             raise AnchorsError(f"--condition frame {max(frames)} is outside the story's frames 1..{n}")
         given = condition_images(cond_from, frames)
-    if args.out.exists() and not args.out.is_dir():
-        raise AnchorsError(f"--out {args.out} exists and is not a folder")
 
     # 2. model, generation, plan
     import torch
@@ -123,7 +125,8 @@ def _generate(args) -> int:
         "generate_seconds": round(seconds, 3),
     }
     out = write_plan(gen, story, args.out, cfg, provenance)
-    print(f"{n} story frames ({len(gen.given)} given) in {seconds:.2f} s -> {out}")
+    windows = f" in {len(gen.windows)} windows (overlap {gen.overlap})" if len(gen.windows) > 1 else ""
+    print(f"{n} story frames ({len(gen.given)} given){windows} in {seconds:.2f} s -> {out}")
     if not trained and cfg.model.kind == "tiny":
         print("note: an UNTRAINED tiny model (random weights) made these frames; they show the code path only")
     return 0

@@ -83,7 +83,7 @@ class DataConfig:
     """CookGen builds -> story-frame sequences (see :mod:`anchors.data`)."""
 
     train_split: str = "train"
-    interval_seconds: float = 0.5  # time between story frames sampled from a step's clip
+    interval_seconds: float = 0.5  # time between story frames sampled within a step's clip
     max_frames_per_step: int = 2  # at most this many story frames from one step
     num_frames: int = 4  # story frames per training sample
     stride: int = 2  # windows of num_frames story frames start every `stride` frames
@@ -118,9 +118,14 @@ class TrainConfig:
 
 @dataclass
 class GenerateConfig:
-    """Sampling: flow-matching Euler over the story-frame latents, and the condition values asked for."""
+    """Sampling: flow-matching Euler over the story-frame latents, and the condition values asked for.
+
+    A story longer than ``window`` frames is extended by continuation (StoryAnchors §4.3): the first window
+    is generated jointly, each next one conditioned on the last ``overlap`` frames of the one before."""
 
     num_frames: int = 4
+    window: int = 0  # story frames generated jointly (0: model.max_frames); longer stories go in windows
+    overlap: int = 2  # each later window is conditioned on this many last frames of the one before (< window)
     steps: int = 8
     shift: float = 3.0  # flow-matching timestep shift (Wan uses 3-5 at 480p)
     guidance_scale: float = 1.0  # classifier-free guidance (1: off, one forward per step)

@@ -182,6 +182,11 @@ class StoryTransformer(nn.Module):
     def patch_size(self) -> tuple[int, int, int]:
         return tuple(self.transformer.config.patch_size)
 
+    @property
+    def positions(self) -> int:
+        """Patches along each axis the 3-D RoPE can position (Wan's ``rope_max_seq_len``)."""
+        return int(self.transformer.config.rope_max_seq_len)
+
     def forward(
         self,
         noisy: torch.Tensor,
@@ -370,6 +375,12 @@ def build_anchors(cfg: ModelConfig, checkpoint: str | Path | None = None) -> Anc
             f"model.height x model.width = {cfg.height}x{cfg.width} must be multiples of "
             f"{factor * p[1]}x{factor * p[2]} (VAE compression x patch size)"
         )
+    rope = transformer.config.rope_max_seq_len
+    if max(cfg.height // (factor * p[1]), cfg.width // (factor * p[2])) > rope:
+        raise AnchorsError(
+            f"model.height x model.width = {cfg.height}x{cfg.width}: the transformer's RoPE can position at most "
+            f"{rope * factor * p[1]}x{rope * factor * p[2]} pixels (rope_max_seq_len {rope})"
+        )
     torch.manual_seed(cfg.seed)  # the new (zero-initialised) parts' hidden layers are reproducible
     net = StoryTransformer(transformer, cfg.cond_freq_dim, cfg.cond_hidden)
     if checkpoint is not None:
@@ -381,14 +392,34 @@ def build_anchors(cfg: ModelConfig, checkpoint: str | Path | None = None) -> Anc
     return Anchors(net=net, vae=vae, text=text, cfg=cfg, model_id=model_id)
 
 
-def check_num_frames(n: int, cfg: ModelConfig, patch_t: int) -> None:
-    """AnchorsError unless the model can generate ``n`` story frames jointly."""
+def frame_limits(cfg: ModelConfig) -> tuple[int, int]:
+    """(temporal patch size, RoPE positions) of the transformer ``cfg`` describes, known before it is built:
+    from ``cfg.transformer`` (tiny), or the local Wan folder's ``transformer/config.json`` (wan; diffusers'
+    Wan defaults when it cannot be read, and :func:`build_anchors` then names the problem)."""
+    t = cfg.transformer
+    if cfg.kind != "wan":
+        return int(t.patch_size[0]), int(t.rope_max_seq_len)
+    try:
+        data = json.loads((Path(cfg.pretrained).expanduser() / "transformer" / "config.json").read_text())
+    except (OSError, ValueError):
+        data = {}
+    return int(data.get("patch_size", [1])[0]), int(data.get("rope_max_seq_len", 1024))
+
+
+def check_num_frames(n: int, cfg: ModelConfig, patch_t: int, positions: int | None = None) -> None:
+    """AnchorsError unless the model can generate ``n`` story frames jointly: a multiple of the temporal patch
+    size, at most ``model.max_frames``, and at most the ``positions`` latent frames its RoPE can place."""
     if n < 1:
         raise AnchorsError(f"the number of story frames must be at least 1, got {n}")
     if n % patch_t:
         raise AnchorsError(f"{n} story frames: the transformer's temporal patch size is {patch_t}; use a multiple")
     if n > cfg.max_frames:
         raise AnchorsError(f"{n} story frames: this model takes at most {cfg.max_frames} (model.max_frames)")
+    if positions is not None and n // patch_t > positions:
+        raise AnchorsError(
+            f"{n} story frames: the transformer's RoPE can position at most {positions * patch_t} frames jointly "
+            f"(rope_max_seq_len {positions}); lower model.max_frames (longer stories are generated in windows)"
+        )
 
 
 def num_parameters(module: nn.Module) -> int:
@@ -404,4 +435,5 @@ __all__ = [
     "WidenedPatchEmbedding",
     "build_anchors",
     "check_num_frames",
+    "frame_limits",
 ]

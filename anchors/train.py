@@ -129,7 +129,7 @@ def train(cfg: AnchorsConfig, stop_after: int | None = None, progress: bool = Tr
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     anchors = build_anchors(cfg.model)
-    check_num_frames(cfg.dataset.num_frames, cfg.model, anchors.net.patch_size[0])
+    check_num_frames(cfg.dataset.num_frames, cfg.model, anchors.net.patch_size[0], anchors.net.positions)
     samples = load_story_samples(cfg.data, cfg.dataset.train_split, cfg.dataset, cfg.model.height, cfg.model.width)
     if not samples:
         raise AnchorsError(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -13,7 +14,7 @@ from safetensors.torch import load_file
 from anchors.captions import assign_frames, story_from_json
 from anchors.cli import main
 from anchors.data import to_tensor
-from anchors.generate import generate
+from anchors.generate import generate, story_windows
 from auteur.plan import load_plan
 
 
@@ -93,6 +94,15 @@ def test_cli_generate_writes_a_plan_then_continues_it(story_file, tmp_path, caps
     imgs = torch.stack([to_tensor(Image.open(out / plan.steps[i].keyframe), 32, 32) for i in (0, 1)])
     ref = anchors.encode_frames(imgs[None])[0]
     assert torch.equal(load_file(str(cont / "latents.safetensors"))["latents"][:, :2], ref)
+    # ... and their keyframes are the first plan's images, pixel for pixel (not VAE re-decodes)
+    for i in (0, 1):
+        with Image.open(out / plan.steps[i].keyframe) as a, Image.open(cont / new.steps[i].keyframe) as b:
+            assert np.array_equal(np.asarray(a.convert("RGB")), np.asarray(b.convert("RGB")))
+    torch.testing.assert_close(new.embeddings[:2], plan.embeddings[:2])
+    decoded = anchors.decode_latents(ref[None])[0]
+    with Image.open(out / plan.steps[0].keyframe) as a:
+        original = to_tensor(a, 32, 32)
+    assert (decoded[0] - original).abs().max() > 2 / 255  # a re-decode would not have matched
 
 
 def test_cli_generate_from_a_trained_checkpoint(tiny_cookgen, story_file, tmp_path, capsys):
@@ -120,8 +130,11 @@ def _story(tmp_path: Path, data) -> Path:
 @pytest.mark.parametrize(
     "case, extra, match",
     [
-        ("no events", ["--story", "EMPTY"], "no events"),
-        ("too many frames", ["--frames", "9"], "at most 8"),
+        ("no events", ["--story", "EMPTY"], "no events and no prompt"),
+        ("window beyond max_frames", ["--frames", "12", "generate.window=10"], "at most 8"),
+        ("rope", ["--frames", "40", "model.max_frames=40"], "RoPE can position at most 32 frames"),
+        ("rope spatial", ["model.height=576"], "RoPE can position at most 512x512 pixels"),
+        ("overlap", ["--frames", "9", "generate.overlap=8"], "generate.overlap=8 must be at least 1"),
         ("patch", ["--frames", "5", "model.transformer.patch_size=[2,2,2]"], "temporal patch size is 2"),
         ("unknown preset", ["--preset", "nope"], "unknown preset 'nope'"),
         ("default", ["--preset", "default"], "no video diffusion weights are available offline"),
@@ -136,7 +149,8 @@ def _story(tmp_path: Path, data) -> Path:
 def test_bad_input_one_line_exit_2_nothing_written(case, extra, match, story_file, tmp_path, capsys):
     story = str(story_file)
     args = ["generate", "--story", story, "--preset", "tiny", "--out", tmp_path / "out"]
-    extra = [_story(tmp_path, {"title": "t", "events": []}) if a == "EMPTY" else a for a in extra]
+    empty = {"id": "t", "prompt": "", "shots": [], "meta": {}}  # a compare item with neither shots nor prompt
+    extra = [_story(tmp_path, empty) if a == "EMPTY" else a for a in extra]
     extra = [(tmp_path / "notckpt") if a == "NOTCKPT" else a for a in extra]
     (tmp_path / "notckpt").mkdir()
     if "--story" in extra:
@@ -199,3 +213,94 @@ def test_every_preset_loads(capsys):
     stages = [load_config(AnchorsConfig, n, preset_dir=PRESETS).train.stage for n in names if n.startswith("stage")]
     assert stages == ["global", "multievent", "continuation"]
     assert load_config(AnchorsConfig, "stage1-global", preset_dir=PRESETS).model.kind == "wan"
+
+
+def test_long_story_is_generated_in_windows_keeping_the_overlap_exactly(tiny_anchors, tiny_cfg):
+    # 12 story frames, more than tiny's max_frames (8): windows of 8 frames, overlap 2 -> frames 1-8, 7-12
+    events = [f"step {i}" for i in range(1, 13)]
+    story = story_from_json(events)
+    gen = generate(tiny_anchors, story, assign_frames(story, None), tiny_cfg.generate, seed=4)
+    assert gen.windows == [(0, 8), (6, 12)] and gen.overlap == 2
+    assert gen.latents.shape == (4, 12, 4, 4) and gen.frames.shape == (12, 3, 32, 32)
+    assert gen.window_captions[1] == "Events: (1) frame 1: step 7. (2) frame 2: step 8. (3) frame 3: step 9. " + (
+        "(4) frame 4: step 10. (5) frame 5: step 11. (6) frame 6: step 12."
+    )
+    # window 1 is the first 8 frames generated alone; window 2 wrote its frames 1-2 (story frames 7-8) back
+    # over window 1's, and they are window 1's latents exactly
+    first = story_from_json(events[:8])
+    alone = generate(tiny_anchors, first, assign_frames(first, None), tiny_cfg.generate, seed=4)
+    assert torch.equal(gen.latents[:, :8], alone.latents)
+    assert torch.equal(gen.frames[6:8], alone.frames[6:8])
+    # the later frames are generated (not left at zero) and depend on what window 1 made
+    assert gen.latents[:, 8:].abs().sum(dim=(0, 2, 3)).min() > 0
+    other = generate(tiny_anchors, story, 12, tiny_cfg.generate, given={7: _image(1), 8: _image(2)}, seed=4)
+    assert not torch.equal(other.latents[:, 8:], gen.latents[:, 8:])
+
+
+def test_story_windows(tiny_cfg):
+    from dataclasses import replace
+
+    m, g = tiny_cfg.model, tiny_cfg.generate
+    assert story_windows(8, m, g, 1, 32) == [(0, 8)]
+    assert story_windows(30, m, g, 1, 32) == [(0, 8), (6, 14), (12, 20), (18, 26), (24, 30)]
+    assert story_windows(13, m, replace(g, window=4, overlap=1), 1) == [(0, 4), (3, 7), (6, 10), (9, 13)]
+    # temporal patch 2: a short last window reaches back one more frame to an even length
+    assert story_windows(11, m, g, 2) == [(0, 8), (5, 11)]
+    from anchors.config import AnchorsError
+
+    with pytest.raises(AnchorsError, match="generate.overlap=0 must be at least 1"):
+        story_windows(9, m, replace(g, overlap=0), 1)
+    with pytest.raises(AnchorsError, match="temporal patch size is 3"):
+        story_windows(9, m, g, 3)
+    with pytest.raises(AnchorsError, match="RoPE can position at most 6 frames"):
+        story_windows(9, m, g, 1, 6)
+
+
+def test_cli_long_story_and_compare_items(tmp_path, capsys):
+    from auteur.prompts import PromptItem
+
+    # the VideoGen-of-Thought case: 30 shots, more than tiny's max_frames, as an `auteur compare` item
+    shots = [f"The chef does step {i}." for i in range(1, 31)]
+    item = PromptItem(id="chef", prompt="A chef's day", shots=shots, meta={"source": "x.json"}).to_json()
+    out = tmp_path / "plan"
+    rc, stdout, err = run(
+        ["generate", "--story", _story(tmp_path, item), "--preset", "tiny", "--out", out, "generate.embed=false"],
+        capsys,
+    )
+    assert rc == 0, err
+    assert "30 story frames (0 given) in 5 windows (overlap 2)" in stdout
+    plan = load_plan(out)
+    assert plan.query == "A chef's day" and [s.action for s in plan.steps] == shots
+    assert all((out / s.keyframe).is_file() for s in plan.steps)
+    windows = plan.provenance["windows"]
+    assert windows["count"] == 5 and windows["overlap"] == 2
+    assert windows["spans"] == [[1, 8], [7, 14], [13, 20], [19, 26], [25, 30]]
+    assert load_file(str(out / "latents.safetensors"))["latents"].shape == (4, 30, 4, 4)
+
+    # a YouCook2 query (no shots) replaces that plan folder: the prompt is one event over generate.num_frames
+    item = PromptItem(id="pad-thai", prompt="how to make pad thai", meta={"recipe_type": "113"}).to_json()
+    rc, stdout, err = run(
+        ["generate", "--story", _story(tmp_path, item), "--preset", "tiny", "--out", out, "generate.embed=false"],
+        capsys,
+    )
+    assert rc == 0, err
+    plan = load_plan(out)
+    assert plan.query == "how to make pad thai" and [s.action for s in plan.steps] == ["how to make pad thai"] * 4
+    assert plan.provenance["caption"] == "Events: (1) frames 1-4: how to make pad thai."
+    assert plan.provenance["windows"] == {
+        "count": 1,
+        "overlap": 0,
+        "spans": [[1, 4]],
+        "captions": [plan.provenance["caption"]],
+    }
+
+
+def test_cli_generate_refuses_an_out_folder_that_is_not_a_plan(story_file, tmp_path, capsys):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    rc, stdout, err = run(["generate", "--story", story_file, "--preset", "tiny", "--out", out], capsys)
+    assert rc == 2 and err.startswith("error: --out") and "is not a plan folder" in err
+    assert len(err.strip().splitlines()) == 1 and not stdout
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"] and (out / "notes.txt").read_text() == "keep me"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left beside it

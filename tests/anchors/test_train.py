@@ -35,6 +35,28 @@ def test_story_samples_from_cookgen(tiny_cookgen, tiny_cfg):
     assert (w, h, n) == (32, 32, 4) and motion > 0
 
 
+def test_fed_frame_interval_is_the_spacing_of_the_sampled_frames(tiny_cookgen, tiny_cfg):
+    from dataclasses import replace
+
+    from anchors.data import load_story_samples
+
+    # one frame per 1-s step clip (at 0.25 s of each): the frames are 1 s apart, not interval_seconds (0.5 s)
+    cfg = replace(tiny_cfg.dataset, max_frames_per_step=1, num_frames=3, stride=1)
+    samples = load_story_samples([str(tiny_cookgen)], "train", cfg, 32, 32)
+    assert len(samples) == 2 + 1  # 4 and 3 steps: windows of 3 frames, stride 1
+    for s in samples:
+        assert s.times == pytest.approx([0.25 + k + int(s.source.rsplit("@", 1)[1]) for k in range(3)])
+        fps, interval = s.conditions[:2].tolist()
+        assert fps == pytest.approx(8.0) and interval == pytest.approx(8.0)  # 1 s at 8 fps
+        assert [e.frames for e in s.story.events] == [1, 1, 1]
+    # uneven spacing (two frames 0.3 s apart in step 1, then step 2's first frame 0.7 s later): the interval fed
+    # is the window's own mean spacing in source frames
+    cfg = replace(tiny_cfg.dataset, interval_seconds=0.3, num_frames=3, stride=1)
+    first = load_story_samples([str(tiny_cookgen)], "train", cfg, 32, 32)[0]
+    assert first.times == pytest.approx([0.15, 0.45, 1.15])
+    assert float(first.conditions[1]) == pytest.approx((1.15 - 0.15) / 2 * 8.0)
+
+
 def test_condition_masks_per_stage():
     torch.manual_seed(0)
     assert all(condition_mask(4, "global", 1.0).sum() == 0 for _ in range(20))
