@@ -17,7 +17,7 @@ import json
 import sys
 from pathlib import Path
 
-from auteur.cliutil import ArgumentParser, run_cli, setup_logging
+from auteur.cliutil import ArgumentParser, parse_with_overrides, run_cli, setup_logging
 from auteur.errors import AuteurError
 
 
@@ -105,7 +105,7 @@ def _embed(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     def body() -> int:
-        args = _parser().parse_args(argv)
+        args = parse_with_overrides(_parser(), argv)  # key=value may also follow the options
         setup_logging()
         if args.command in ("compare", "export"):
             from auteur import compare_cli

@@ -9,6 +9,10 @@ A *system* is
   replaced inside each argument: the prompt text, the output plan folder, and a JSON file with the whole
   prompt item), which must write a Plan folder (:mod:`auteur.plan`) with keyframes into ``{out}``; e.g.
   ``va=director plan {prompt} --preset tiny --out {out}``;
+- a built-in system with its preset: ``videoauteur[:PRESET]`` (this project's whole pipeline, ``auteur run
+  PROMPT --preset PRESET``, default ``default``; its plan folder, keyframes and video become the item's
+  folder) or ``anchors:PRESET_OR_CHECKPOINT`` (``anchors generate --story {story} --preset ...``: the prompt
+  item as a story, see :mod:`anchors.captions`);
 - or a Python callable ``fn(item: PromptItem, out: Path) -> None`` registered with :func:`register_system`
   or named as ``py:package.module:function``.
 
@@ -34,8 +38,10 @@ import math
 import re
 import shlex
 import subprocess
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -127,6 +133,42 @@ class SystemSpec:
     fn: Callable[[PromptItem, Path], None] | None = None
 
 
+def _videoauteur(preset: str) -> Callable[[PromptItem, Path], None]:
+    """The whole VideoAuteur pipeline (``auteur run``) as a system: its plan folder becomes ``out``."""
+
+    def system(item: PromptItem, out: Path) -> None:
+        import shutil
+
+        from auteur.run import PLAN_DIR, RUN_FILE, RunConfig, run
+
+        work = out / "_run"
+        run(RunConfig(query=item.prompt, out=work, preset=preset), quiet=True)
+        for child in (work / PLAN_DIR).iterdir():  # paths in plan.json are relative: the folder moves as is
+            child.rename(out / child.name)
+        (work / RUN_FILE).rename(out / RUN_FILE)
+        shutil.rmtree(work)
+
+    return system
+
+
+def builtin_system(spec: str) -> SystemSpec | None:
+    """``videoauteur[:PRESET]`` or ``anchors:PRESET_OR_CHECKPOINT`` as a system (None for other specs)."""
+    kind, _, preset = spec.partition(":")
+    if kind == "videoauteur":
+        from auteur.run import RUN_PRESETS
+
+        preset = preset or "default"
+        if preset not in RUN_PRESETS:
+            raise CompareError(f"videoauteur:{preset}: unknown preset (known: {', '.join(RUN_PRESETS)})")
+        return SystemSpec("", spec, fn=_videoauteur(preset))
+    if kind == "anchors":
+        if not preset:
+            raise CompareError("anchors needs a preset or checkpoint: anchors:tiny, anchors:paper, anchors:RUN/final")
+        argv = [sys.executable, "-m", "anchors.cli", "generate", "--story", "{story}", "--preset", preset]
+        return SystemSpec("", spec, command=[*argv, "--out", "{out}"])
+    return None
+
+
 def parse_systems(values: list[str]) -> list[SystemSpec]:
     """``NAME=SPEC`` entries (several per value, comma-separated before each ``NAME=``) into system specs."""
     entries = []
@@ -143,7 +185,11 @@ def parse_systems(values: list[str]) -> list[SystemSpec]:
         if name in seen:
             raise CompareError(f"--systems: system name {name!r} given twice")
         seen.add(name)
-        if spec in SYSTEMS:
+        builtin = builtin_system(spec)
+        if builtin is not None:
+            builtin.name = name
+            specs.append(builtin)
+        elif spec in SYSTEMS:
             specs.append(SystemSpec(name, spec, fn=SYSTEMS[spec]))
         elif spec.startswith("py:"):
             mod, _, attr = spec[3:].partition(":")
@@ -220,7 +266,25 @@ class MetricContext:
             except MetricSkipped as e:
                 self.skipped[name] = str(e)
                 raise
+            except MetricError as e:  # e.g. a corrupt weights file: skipped, with the reason
+                self.skipped[name] = f"cannot load its model: {e}"
+                raise MetricSkipped(self.skipped[name]) from None
         return self._cache[name]
+
+    @contextmanager
+    def guard(self, metric: str, row: dict[str, Any] | None = None) -> Iterator[None]:
+        """Run one metric's block: a skip is remembered under ``metric``; a failure on this item's inputs
+        (MetricError) is noted in ``row['error']`` (or, for set-level metrics, as the skip reason); never fatal,
+        so the other metrics still run."""
+        try:
+            yield
+        except MetricSkipped as e:
+            self.skip(metric, str(e))
+        except MetricError as e:
+            if row is None:
+                self.skip(metric, f"failed: {e}")
+            else:
+                row["error"] = "; ".join(x for x in (row.get("error"), f"{metric}: {e}") if x)
 
     def encoder(self):
         from auteur.vision import load_encoder
@@ -266,7 +330,7 @@ def item_metrics(plan: Plan, folder: Path, item: PromptItem, ctx: MetricContext)
         return row
     images = _images(frames)
     # 1. consistency in the visual space
-    try:
+    with ctx.guard("consistency_self", row):
         enc = ctx.encoder()
         emb = enc.embed_images(images)
         ctx.notes.setdefault("space", f"space {enc.space.name}")
@@ -277,17 +341,17 @@ def item_metrics(plan: Plan, folder: Path, item: PromptItem, ctx: MetricContext)
             row["consistency_ref"] = 100 * consistency.reference_similarity(emb, enc.embed_images(_images(refs)))
         else:
             ctx.skip("consistency_ref", "the prompt set has no reference images")
-    except MetricSkipped:
-        pass
     # 2. CLIP-T against the prompt set's text (never the system's own captions)
-    try:
+    with ctx.guard("clip_t", row):
         scorer = ctx.clip()
         texts = [item.shots[i] if i < len(item.shots) else item.prompt for i in range(len(images))]
         row["clip_t"] = float(scorer.score(images, texts).mean())
-        # copy-paste rate: per character with >= 2 references, reference 0 taken as the given one
+    # copy-paste rate: per character with >= 2 references, reference 0 taken as the given one
+    with ctx.guard("copy_paste", row):
         rates = []
         for refs in item.references.values():
             if len(refs) >= 2:
+                scorer = ctx.clip()
                 sims = consistency.cosine_matrix(
                     scorer.image_embeddings(images), scorer.image_embeddings(_images(refs))
                 )
@@ -296,23 +360,19 @@ def item_metrics(plan: Plan, folder: Path, item: PromptItem, ctx: MetricContext)
             row["copy_paste"] = float(np.mean(rates))
         else:
             ctx.skip("copy_paste", "no character has >= 2 reference images")
-    except MetricSkipped as e:
-        ctx.skip("copy_paste", str(e))
     # 3. onstage character count matching
     if item.expected_counts:
-        try:
+        with ctx.guard("occm", row):
             from auteur.metrics.detector import PersonCounter
 
             det = ctx.get("occm", lambda: PersonCounter(ctx.cfg.detector))
             ctx.notes.setdefault("occm", f"{det.description}; meaningful for human characters only")
             n = min(len(images), len(item.expected_counts))
             row["occm"] = vistory.occm_story(det.count(images[:n]), item.expected_counts[:n])
-        except MetricSkipped:
-            pass
     else:
         ctx.skip("occm", "the prompt set has no expected on-stage character counts (ViStoryBench stories do)")
     # 4. style similarity (CSD)
-    try:
+    with ctx.guard("style", row):
         from auteur.metrics.vistory import CSDStyle
 
         csd = ctx.get("style", lambda: CSDStyle(ctx.cfg.csd_torchscript))
@@ -322,8 +382,6 @@ def item_metrics(plan: Plan, folder: Path, item: PromptItem, ctx: MetricContext)
             row["style_self"] = 100 * st["self"]
             if "cross" in st:
                 row["style_cross"] = 100 * st["cross"]
-    except MetricSkipped:
-        pass
     return row
 
 
@@ -344,37 +402,36 @@ def set_metrics(frames_by_system: dict[str, list[Path]], clips_by_system: dict[s
 
     out: dict[str, dict[str, float]] = {s: {} for s in frames_by_system}
     cfg = ctx.cfg
-    try:
+    with ctx.guard("inception_score"):
         inc = ctx.get("inception_score", lambda: InceptionV3(cfg.inception_weights))
         real = None
-        try:
+        with ctx.guard("fid"):
             real = inc.features_and_logits(_images(_folder_images(cfg.fid_reference, "FID reference")))[0]
-        except MetricSkipped as e:
-            ctx.skip("fid", str(e))
         for s, frames in frames_by_system.items():
             if len(frames) < 2:
                 continue
             feats, logits = inc.features_and_logits(_images(frames))
             out[s]["inception_score"] = inception_score(logits, min(cfg.is_splits, len(frames)), from_logits=True)[0]
             if real is not None:
-                out[s]["fid"] = frechet_distance_from_features(feats, real)
-    except MetricSkipped as e:
-        ctx.skip("fid", str(e))
-    try:
+                with ctx.guard("fid"):
+                    out[s]["fid"] = frechet_distance_from_features(feats, real)
+    if "inception_score" in ctx.skipped:
+        ctx.skip("fid", ctx.skipped["inception_score"])
+    with ctx.guard("fvd"):
         i3d = ctx.get("fvd", lambda: I3D(cfg.i3d_torchscript))
         if not cfg.fvd_reference:
             raise MetricSkipped("no FVD reference clip folder given (metrics.fvd_reference)")
         from auteur.video import decode_all
 
         ref_clips = sorted(Path(cfg.fvd_reference).expanduser().rglob("*.mp4"))
+        if len(ref_clips) < 2:
+            raise MetricSkipped(f"FVD reference folder {cfg.fvd_reference} has fewer than 2 .mp4 clips")
         real = i3d.features([decode_all(p)[: cfg.fvd_frames] for p in ref_clips])
         for s, clips in clips_by_system.items():
             if len(clips) >= 2:
                 out[s]["fvd"] = frechet_distance_from_features(
                     i3d.features([decode_all(p)[: cfg.fvd_frames] for p in clips]), real
                 )
-    except MetricSkipped as e:
-        ctx.skip("fvd", str(e))
     return out
 
 
@@ -404,6 +461,11 @@ def compare(cfg: CompareConfig, prompts: str, systems: list[SystemSpec], out: st
     from auteur.report import write_reports
 
     items = read_prompts(prompts, fmt=fmt, limit=limit)
+    if cfg.judge:  # a bad judge set-up is found before any system runs
+        from auteur.judge import check_judge, load_rubrics
+
+        check_judge(cfg.judge, cfg.judge_dimensions)
+        load_rubrics(cfg.judge_rubrics)
     out = ensure_writable_dir(out)
     save_config(cfg, out)
     status_path = out / "status.json"
@@ -471,7 +533,7 @@ def compare(cfg: CompareConfig, prompts: str, systems: list[SystemSpec], out: st
     # 4. the judge (optional)
     judge_records: list[dict[str, Any]] = []
     if cfg.judge:
-        judge_records = run_judge(cfg, items, systems, out)
+        judge_records = run_judge(cfg, items, systems, out, ctx)
     else:
         ctx.skip("judge", "no judge given (--judge openai|local:PATH)")
     result = CompareResult(out, rows, set_level, dict(ctx.skipped), dict(ctx.notes), judge_records, ran, reused)
@@ -479,31 +541,45 @@ def compare(cfg: CompareConfig, prompts: str, systems: list[SystemSpec], out: st
     return result
 
 
-def run_judge(cfg: CompareConfig, items: list[PromptItem], systems: list[SystemSpec], out: Path) -> list[dict]:
-    """The StoryAnchors pairwise protocol on every pair of systems and every item both finished."""
-    from auteur.judge import JudgeCache, Story, judge_pair, load_rubrics, make_judge
+def run_judge(cfg: CompareConfig, items: list[PromptItem], systems: list[SystemSpec], out: Path,
+              ctx: MetricContext) -> list[dict]:  # fmt: skip
+    """The StoryAnchors pairwise protocol on every pair of systems and every item both finished.
+
+    A judge that fails (cannot load, endpoint down) stops the judging, not the comparison: the records so far
+    are kept (and every answer is cached, so a rerun resumes), and the reason is reported as a skip."""
+    from auteur.judge import JudgeCache, JudgeError, Story, judge_pair, load_rubrics, make_judge
 
     rubrics = load_rubrics(cfg.judge_rubrics)
-    judge = make_judge(cfg.judge or "")
+    records: list[dict[str, Any]] = []
+    try:
+        judge = make_judge(cfg.judge or "")
+    except Exception as e:  # a model folder transformers cannot load
+        ctx.skip("judge", f"cannot load the judge {cfg.judge}: {type(e).__name__}: {str(e).strip()[:300]}")
+        return records
     cache = JudgeCache(out / "judge_cache")
-    records = []
-    for i, a in enumerate(systems):
-        for b in systems[i + 1 :]:
-            for it in items:
-                stories = []
-                for s in (a, b):
-                    folder = out / "systems" / s.name / it.id
-                    plan = _plan_ok(folder)
-                    frames = keyframe_paths(plan, folder) if plan else []
-                    stories.append(
-                        Story(s.name, frames, [st.caption or st.action for st in plan.steps] if plan else [])
-                    )
-                if not stories[0].frames or not stories[1].frames:
-                    continue
-                for r in judge_pair(judge, cache, it.prompt, stories[0], stories[1], cfg.judge_dimensions,
-                                    cfg.judge_retries, rubrics):  # fmt: skip
-                    r["item"] = it.id
-                    records.append(r)
+    pairs = [(it, a, b) for i, a in enumerate(systems) for b in systems[i + 1 :] for it in items]
+    for it, a, b in pairs:
+        stories = []
+        for s in (a, b):
+            folder = out / "systems" / s.name / it.id
+            plan = _plan_ok(folder)
+            frames = keyframe_paths(plan, folder) if plan else []
+            stories.append(Story(s.name, frames, [st.caption or st.action for st in plan.steps] if plan else []))
+        if not stories[0].frames or not stories[1].frames:
+            continue
+        try:
+            pair = judge_pair(judge, cache, it.prompt, stories[0], stories[1], cfg.judge_dimensions,
+                              cfg.judge_retries, rubrics)  # fmt: skip
+        except JudgeError as e:
+            ctx.skip(
+                "judge",
+                f"stopped at {a.name} vs {b.name} on {it.id} after {len(records)} records: {e} "
+                "(answers so far are cached: rerun to resume)",
+            )
+            break
+        for r in pair:
+            r["item"] = it.id
+            records.append(r)
     with (out / "judge.jsonl.tmp").open("w", encoding="utf-8") as f:
         for r in records:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")

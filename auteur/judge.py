@@ -176,13 +176,29 @@ class LocalVLMJudge:
         return self.processor.batch_decode(out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)[0]
 
 
+def check_judge(spec: str, dimensions: Sequence[str] = DIMENSIONS) -> None:
+    """Check a judge set-up without loading or calling anything (a comparison checks it before it runs the
+    systems, so a typo costs nothing): a known judge kind, its endpoint variables or model folder, and the
+    dimensions."""
+    if spec == "openai":
+        OpenAIJudge()  # reads and checks the environment only
+    elif spec.startswith("local:"):
+        path = Path(spec.removeprefix("local:")).expanduser()
+        if not path.is_dir():
+            raise JudgeError(f"local judge model folder not found: {path}")
+    else:
+        raise JudgeError(f"unknown judge {spec!r}: use 'openai' or 'local:PATH'")
+    for dim in dimensions:
+        if dim not in RUBRICS:
+            raise JudgeError(f"unknown judge dimension {dim!r}; choose from {', '.join(DIMENSIONS)}")
+
+
 def make_judge(spec: str) -> Judge:
     """``openai`` (endpoint from the environment) or ``local:PATH`` (a transformers VLM folder)."""
+    check_judge(spec, ())
     if spec == "openai":
         return OpenAIJudge()
-    if spec.startswith("local:"):
-        return LocalVLMJudge(spec.removeprefix("local:"))
-    raise JudgeError(f"unknown judge {spec!r}: use 'openai' or 'local:PATH'")
+    return LocalVLMJudge(spec.removeprefix("local:"))
 
 
 # ------------------------------------------------------------------------------------------------ cache

@@ -6,7 +6,8 @@ Formats (``read_prompts(path)`` detects them; ``FILE#SUBSET`` picks a subset whe
     The official ``youcookii_annotations_trainval.json`` (``{"database": {video_id: {"subset", "recipe_type",
     "annotations": [...]}}}``): one query "how to make <dish>" per validation video, deduplicated (so one
     item per dish), with the dish names of ``label_foodtype.csv`` beside the file (``101,BLT``). The
-    steps' sentences of the first video of each dish are kept as ``shots`` (ground-truth steps, for reference).
+    items have no ``shots``: the steps' sentences of the first video of each dish are kept in
+    ``meta["gt_steps"]`` (ground truth, for reference; never given to a system, which plans from the query).
     ``#training`` selects the training split instead.
 ``consistory``
     The ConsiStory+ benchmark YAML (``consistory+.yaml``: ``{category: [{concept_token, subject, style,
@@ -18,7 +19,10 @@ Formats (``read_prompts(path)`` detects them; ``FILE#SUBSET`` picks a subset whe
 ``storyanchors``
     StoryAnchors-style multi-event stories (the paper's multi-event story-frame labels: one overall caption
     and one caption per event), this project's JSON: ``{"format": "storyanchors", "stories": [{"id": "s1",
-    "prompt": "overall story caption", "events": ["event 1 caption", ...]}]}`` (or a bare list of stories).
+    "prompt": "overall story caption", "events": ["event 1 caption", ...]}]}`` (or a bare list of stories),
+    or one story in the format ``anchors generate --story`` reads (``{"title", "subjects", "style",
+    "events"}``). An event is a caption or ``{"text": caption, "frames": n}``; ``title`` stands for
+    ``prompt``; ``subjects``, ``style`` and the events' frame counts are kept in ``meta``.
 ``vistorybench``
     ViStoryBench's per-story ``story.json`` (a file, a story folder holding one, or the dataset folder of
     story folders ``01/``, ``02/`` ...). Fields used: ``Characters: {key: {"name", "prompt_en"|"prompt",
@@ -119,12 +123,14 @@ def detect_format(path: Path) -> str:
             return "youcook2"
         if isinstance(data, dict) and ("Shots" in data or "shots" in data) and ("Characters" in data):
             return "vistorybench"
-        if isinstance(data, dict) and data.get("format") == "storyanchors":
+        if isinstance(data, dict) and (
+            data.get("format") == "storyanchors" or isinstance(data.get("events"), list) or "stories" in data
+        ):
             return "storyanchors"
         if isinstance(data, list) and data and all(isinstance(x, dict) for x in data):
             if all("ip_img_path" in x and "prompt" in x for x in data):
                 return "vgot"
-            if all("events" in x and "prompt" in x for x in data):
+            if all("events" in x and ("prompt" in x or "title" in x) for x in data):
                 return "storyanchors"
     raise PromptsError(f"{path}: unknown prompts format (expected one of: {', '.join(FORMATS)})")
 
@@ -228,18 +234,28 @@ def _vgot(path: Path, subset: str | None) -> list[PromptItem]:
 
 def _storyanchors(path: Path, subset: str | None) -> list[PromptItem]:
     data = _load_json(path)
+    if isinstance(data, dict) and "stories" not in data and isinstance(data.get("events"), list):
+        data = [data]  # one story in the anchors format
     stories = data.get("stories") if isinstance(data, dict) else data
     if not isinstance(stories, list):
         raise PromptsError(f"{path}: 'stories' must be a list")
     items = []
     for i, s in enumerate(stories):
-        if not isinstance(s, dict) or not isinstance(s.get("prompt"), str) or not isinstance(s.get("events"), list):
-            raise PromptsError(f"{path}: stories[{i}] needs a string 'prompt' and a list 'events'")
-        items.append(
-            PromptItem(
-                id=str(s.get("id") or f"story-{i + 1:03d}"), prompt=s["prompt"], shots=[str(e) for e in s["events"]]
-            )
-        )
+        where = f"{path}: stories[{i}]"
+        prompt = s.get("prompt", s.get("title")) if isinstance(s, dict) else None
+        if not isinstance(prompt, str) or not prompt.strip() or not isinstance(s.get("events"), list):
+            raise PromptsError(f"{where} needs a string 'prompt' (or 'title') and a list 'events'")
+        shots, frames = [], []
+        for k, e in enumerate(s["events"]):
+            text = e.get("text") if isinstance(e, dict) else e
+            if not isinstance(text, str) or not text.strip():
+                raise PromptsError(f"{where}.events[{k}] must be a caption or {{'text': caption, 'frames': n}}")
+            shots.append(text.strip())
+            frames.append(e.get("frames") if isinstance(e, dict) else None)
+        meta = {k: s[k] for k in ("subjects", "style") if isinstance(s.get(k), str) and s[k].strip()}
+        if any(f is not None for f in frames):
+            meta["event_frames"] = frames
+        items.append(PromptItem(id=str(s.get("id") or f"story-{i + 1:03d}"), prompt=prompt, shots=shots, meta=meta))
     return items
 
 

@@ -1,6 +1,6 @@
 """``auteur run``: the whole pipeline in one command, each stage resumable.
 
-    auteur run "how to cook a tuna sandwich" --out RUN --bank BANK [--preset default|tiny] [--director-preset P]
+    auteur run "how to cook a tuna sandwich" --out RUN [--bank BANK] [--preset default|tiny] [--director-preset P]
                [--renderer-preset P] [--videogen-preset P] [--seed S]
 
 Stages, each run as its package's console script in a subprocess (stage packages never import each other;
@@ -12,7 +12,12 @@ Stages, each run as its package's console script in a subprocess (stage packages
    videogen itself also skips finished clips)
 4. ``RUN/storyboard.html``                  (always rewritten; cheap)
 
-``RUN/run.json`` records the query, the presets, the seed and what each stage did.
+``RUN/run.json`` records the query, the presets, the seed and what each stage did. A rerun with another preset
+(or seed) for a stage redoes that stage (``--force``) and every stage after it, since their inputs changed.
+
+The default renderer retrieves keyframes from a frame bank (``cookgen bank CLIPS --out BANK``): ``--bank``,
+else ``$AUTEUR_BANK``, else ``runs/bank`` when it is one. No bank ships with the package: the only real clips
+offline (the VideoAuteur demos) carry no licence to redistribute.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import os
 import subprocess
 import sys
 import time
@@ -89,14 +95,23 @@ class RunConfig:
         return given if given else RUN_PRESETS[self.preset][stage]
 
 
-def _run_stage(stage: str, argv: list[str]) -> float:
-    """Run one stage's command; its output is echoed, its stderr also kept for a one-line error."""
+def default_bank() -> Path | None:
+    """The frame bank the default renderer uses when ``--bank`` is not given: ``$AUTEUR_BANK``, else
+    ``runs/bank`` when it is a bank; None otherwise."""
+    env = os.environ.get("AUTEUR_BANK")
+    if env:
+        return Path(env).expanduser()
+    return Path("runs/bank") if is_bank(Path("runs/bank")) else None
+
+
+def _run_stage(stage: str, argv: list[str], quiet: bool = False) -> float:
+    """Run one stage's command; its output is echoed (unless ``quiet``), its stderr kept for a one-line error."""
     log.info("stage %s: %s", stage, " ".join(argv))
     t0 = time.perf_counter()
     proc = subprocess.run(argv, capture_output=True, text=True)
-    if proc.stdout:
+    if proc.stdout and not quiet:
         sys.stdout.write(proc.stdout)
-    if proc.stderr:
+    if proc.stderr and not quiet:
         sys.stderr.write(proc.stderr)
     if proc.returncode != 0:
         lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
@@ -126,8 +141,9 @@ def _video_done(plan_dir: Path) -> bool:
     return all(s.clip and (plan_dir / s.clip).is_file() for s in plan.steps)
 
 
-def run(cfg: RunConfig, commands: StageCommands | None = None) -> dict[str, Any]:
-    """Run (or resume) the pipeline into ``cfg.out``; returns the run record (also written to run.json)."""
+def run(cfg: RunConfig, commands: StageCommands | None = None, quiet: bool = False) -> dict[str, Any]:
+    """Run (or resume) the pipeline into ``cfg.out``; returns the run record (also written to run.json).
+    ``quiet``: print nothing (the stages' output is kept only for a failing stage's one-line error)."""
     from auteur.storyboard import write_storyboard
 
     commands = commands or StageCommands()
@@ -135,15 +151,18 @@ def run(cfg: RunConfig, commands: StageCommands | None = None) -> dict[str, Any]
         raise RunError('the query is empty: give what to make, e.g. "how to cook a tuna sandwich"')
     if cfg.preset not in RUN_PRESETS:
         raise RunError(f"unknown run preset '{cfg.preset}' (known: {', '.join(RUN_PRESETS)})")
+    old: dict[str, Any] = {}
     if (Path(cfg.out) / RUN_FILE).is_file():
         old = json.loads((Path(cfg.out) / RUN_FILE).read_text())
         if old.get("query") != cfg.query:
             raise RunError(f"{cfg.out} holds a run for another query ({old.get('query')!r}); use another --out")
     if cfg.stage_preset("renderer") == "default":
+        cfg.bank = cfg.bank or default_bank()
         if cfg.bank is None:
             raise RunError(
                 "the default renderer retrieves keyframes from a frame bank: build one with `cookgen bank "
-                "CLIPS_DIR --out runs/bank` (e.g. from ../shared/data/videoauteur_demos) and pass --bank runs/bank"
+                "CLIPS_DIR --out runs/bank` (e.g. from ../shared/data/videoauteur_demos; then it is found by itself) "
+                "or pass --bank BANK"
             )
         if not is_bank(cfg.bank):
             raise RunError(
@@ -154,32 +173,44 @@ def run(cfg: RunConfig, commands: StageCommands | None = None) -> dict[str, Any]
     plan_dir = out / PLAN_DIR
     record_path = out / RUN_FILE
     presets = {s: cfg.stage_preset(s) for s in ("director", "renderer", "videogen")}
+    # the last run's stage entries stay until their stage is redone: they say what made the outputs there
     record: dict[str, Any] = {"query": cfg.query, "preset": cfg.preset, "presets": presets, "seed": cfg.seed,
-                              "stages": {}}  # fmt: skip
+                              "stages": dict(old.get("stages", {}))}  # fmt: skip
 
+    say = (lambda *a: None) if quiet else print
     stages = [
         ("director", _plan_done, lambda: ["plan", cfg.query, "--preset", presets["director"], "--out",
                                           str(plan_dir), "--seed", str(cfg.seed)]
                                          + (["--steps", str(cfg.steps)] if cfg.steps else [])),
-        ("renderer", _keyframes_done, lambda: ["render", str(plan_dir), "--preset", presets["renderer"]]
+        ("renderer", _keyframes_done, lambda: ["render", str(plan_dir), "--preset", presets["renderer"], "--seed",
+                                               str(cfg.seed), "--no-progress"]
                                               + (["--bank", str(cfg.bank)] if cfg.bank else [])),
         ("videogen", _video_done, lambda: ["generate", str(plan_dir), "--preset", presets["videogen"], "--seed",
                                            str(cfg.seed), "--no-progress"]),
     ]  # fmt: skip
+
+    def made_by(stage: str) -> tuple[Any, Any]:  # (preset, seed) that made a stage's outputs in the last run
+        entry = old.get("stages", {}).get(stage, {})
+        return entry.get("preset", old.get("presets", {}).get(stage)), entry.get("seed", old.get("seed"))
+
+    redo = False  # a stage whose preset or seed changed since the last run, and every stage after it, run again
     for stage, done, args in stages:
         if stage != "director" and not _plan_done(plan_dir):
             raise RunError(f"no plan in {plan_dir}: the director stage did not write one")
-        if done(plan_dir):
-            record["stages"][stage] = {"status": "skipped (outputs exist)"}
-            print(f"[{stage}] skipped: outputs exist in {plan_dir}")
-            continue
-        argv = commands.check(stage) + args()
-        print(f"[{stage}] running")
-        seconds = _run_stage(stage, argv)
-        if not done(plan_dir):
-            raise RunError(f"stage {stage} exited 0 but its outputs are missing in {plan_dir}")
-        record["stages"][stage] = {"status": "done", "seconds": round(seconds, 2)}
-    atomic_write_json(record_path, record)
+        now = (presets[stage], cfg.seed)
+        redo = redo or (bool(old) and made_by(stage) != now and done(plan_dir))
+        if done(plan_dir) and not redo:
+            record["stages"][stage] = {"status": "skipped (outputs exist)", "preset": now[0], "seed": now[1]}
+            say(f"[{stage}] skipped: outputs exist in {plan_dir}")
+        else:
+            argv = commands.check(stage) + args() + (["--force"] if redo and stage != "director" else [])
+            say(f"[{stage}] running" + (" again: a preset or the seed changed" if redo else ""))
+            seconds = _run_stage(stage, argv, quiet)
+            if not done(plan_dir):
+                raise RunError(f"stage {stage} exited 0 but its outputs are missing in {plan_dir}")
+            seconds = round(seconds, 2)
+            record["stages"][stage] = {"status": "done", "seconds": seconds, "preset": now[0], "seed": now[1]}
+        atomic_write_json(record_path, record)  # after every stage: a killed run knows what made what
     page = write_storyboard(out, plan_dir, run_info=record)
     record["storyboard"] = str(page)
     return record

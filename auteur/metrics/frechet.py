@@ -9,7 +9,7 @@ images; FVD (Unterthiner et al., 2018) to I3D features (400-d logits) of real an
 ``tr((S_1 S_2)^{1/2})`` is computed as the sum of the square roots of the eigenvalues of
 ``S_1^{1/2} S_2 S_1^{1/2}``, a symmetric positive semi-definite matrix with the same spectrum as ``S_1 S_2``;
 this is exact, needs no complex arithmetic, and agrees with ``scipy.linalg.sqrtm`` (the pytorch-fid reference)
-to float64 precision (``tests/auteur/metrics/test_frechet.py`` checks both).
+to float64 precision (``tests/auteur/metrics/test_formulas.py`` checks both).
 
 No Inception-v3 or I3D weights exist offline: the feature extractors load from local paths and raise
 :class:`~auteur.metrics.MetricSkipped` when none is given.

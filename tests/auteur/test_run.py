@@ -50,7 +50,9 @@ def test_run_orchestrates_and_resumes_stage_by_stage(tmp_path, capsys):
         run(RunConfig(query="something else", out=out), missing)
 
 
-def test_run_reports_a_failing_stage_in_one_line(tmp_path, capsys):
+def test_run_reports_a_failing_stage_in_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no runs/bank here
+    monkeypatch.delenv("AUTEUR_BANK", raising=False)
     assert auteur(["run", "  ", "--out", str(tmp_path / "r")]) == 2
     assert "query is empty" in capsys.readouterr().err
     assert auteur(["run", "how to make toast", "--out", str(tmp_path / "r1")]) == 2  # default renderer, no bank
@@ -59,6 +61,9 @@ def test_run_reports_a_failing_stage_in_one_line(tmp_path, capsys):
     assert auteur(["run", "how to make toast", "--out", str(tmp_path / "r1"), "--bank", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "not a frame bank" in err and "`cookgen bank CLIPS_DIR" in err and not (tmp_path / "r1").exists()
+    monkeypatch.setenv("AUTEUR_BANK", str(tmp_path / "nope"))  # the bank the default renderer finds by itself
+    assert auteur(["run", "how to make toast", "--out", str(tmp_path / "r1")]) == 2
+    assert "--bank " + str(tmp_path / "nope") + " is not a frame bank" in capsys.readouterr().err
     cfg = RunConfig(
         query="how to make toast", out=tmp_path / "r2", director_preset="no-such-preset", renderer_preset="tiny"
     )
@@ -80,7 +85,7 @@ def test_auteur_run_end_to_end_with_the_renderer(tmp_path, capsys):
     assert "storyboard" in capsys.readouterr().out and (out / "storyboard.html").is_file()
 
 
-def test_auteur_run_default_offline(tmp_path, capsys):
+def test_auteur_run_default_offline(tmp_path, capsys, monkeypatch):
     """The offline default end to end: the trained default director, retrieval from a real frame bank, animatic."""
     from pathlib import Path
 
@@ -97,8 +102,11 @@ def test_auteur_run_default_offline(tmp_path, capsys):
     vg = tmp_path / "small.yaml"
     vg.write_text(SMALL_VIDEOGEN)
     out = tmp_path / "run"
-    argv = ["run", "how to cook a tuna sandwich", "--out", str(out), "--bank", str(tmp_path / "bank"),
-            "--videogen-preset", str(vg), "--steps", "2"]  # fmt: skip
+    monkeypatch.chdir(tmp_path)  # runs/bank, the bank found without --bank
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "bank").rename(tmp_path / "runs" / "bank")
+    monkeypatch.delenv("AUTEUR_BANK", raising=False)
+    argv = ["run", "how to cook a tuna sandwich", "--out", str(out), "--videogen-preset", str(vg), "--steps", "2"]
     assert auteur(argv) == 0, capsys.readouterr().err
     plan = load_plan(out / "plan")
     assert len(plan.steps) == 2 and plan.provenance["renderer"]["kind"] == "retrieval"

@@ -91,3 +91,107 @@ def test_bad_input_is_one_line(tmp_path, capsys):
     assert main(["compare", "--prompts", str(p), "--systems", "broken", "--out", str(tmp_path / "o")]) == 2
     assert main(["export", "vistorybench", str(tmp_path), "--out", str(tmp_path / "e")]) == 2
     assert not (tmp_path / "e").exists()
+
+
+class _StandIn(__import__("torch").nn.Module):
+    """A TEST DOUBLE with the calling convention of the I3D and CSD TorchScript archives (random features):
+    it exercises the loaders and the harness, it is not I3D or CSD."""
+
+    def __init__(self) -> None:
+        import torch
+
+        super().__init__()
+        torch.manual_seed(0)
+        self.proj = torch.nn.Linear(3, 8)
+
+    def forward(self, x, rescale: bool = False, resize: bool = False, return_features: bool = True):
+        dims = list(range(2, x.dim()))
+        return self.proj(x.mean(dim=dims))
+
+
+def _bad_weights_argv(tmp_path, prompts, out, **metrics) -> list[str]:
+    over = [f"metrics.{k}={v}" for k, v in metrics.items()]
+    return ["compare", "--prompts", str(prompts), "--systems", "v=py:tests.auteur.metrics.toy_system:varied_system",
+            "--out", str(out), "metrics.vision.backend=open_clip_json", "metrics.vision.model_json=tiny_open_clip",
+            *over]  # fmt: skip
+
+
+def test_metrics_that_cannot_load_or_run_are_skipped_with_the_reason_never_fatal(tmp_path, capsys):
+    import torch
+    from torchvision.models import inception_v3
+
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("make tea\nmake toast\n")
+    corrupt = tmp_path / "corrupt.bin"
+    corrupt.write_bytes(b"not weights")
+    # 1. corrupt Inception, I3D, CSD and CLIP files: each metric is skipped with its reason, the rest still run
+    out = tmp_path / "run1"
+    argv = _bad_weights_argv(tmp_path, prompts, out, inception_weights=corrupt, i3d_torchscript=corrupt,
+                             csd_torchscript=corrupt, **{"clip.checkpoint": corrupt})  # fmt: skip
+    assert main(argv) == 0
+    md = (out / "results.md").read_text()
+    for metric, why in [("inception_score", "cannot load Inception-v3 weights"), ("fid", "cannot load Inception"),
+                        ("fvd", "cannot load I3D TorchScript"), ("style", "cannot load CSD TorchScript"),
+                        ("clip_t", "CLIP-T")]:  # fmt: skip
+        assert f"`{metric}`: cannot load its model" in md and why in md, (metric, md)
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert all(r["status"] == "ok" and r["consistency_self"] for r in rows)  # the other metrics ran
+    # 2. loadable weights (random Inception-v3 in torchvision's format; the stand-in TorchScript for I3D and CSD):
+    #    IS and style run; FVD with an empty reference folder and FID without one are skipped, with the reason
+    inc = tmp_path / "inception.pth"
+    torch.save(inception_v3(weights=None, aux_logits=True, init_weights=False).state_dict(), inc)
+    ts = tmp_path / "standin.pt"
+    torch.jit.script(_StandIn()).save(str(ts))
+    (tmp_path / "empty").mkdir()
+    out = tmp_path / "run2"
+    argv = _bad_weights_argv(tmp_path, prompts, out, inception_weights=inc, i3d_torchscript=ts, csd_torchscript=ts,
+                             fvd_reference=tmp_path / "empty")  # fmt: skip
+    assert main(argv) == 0
+    md = (out / "results.md").read_text()
+    assert "`fvd`: FVD reference folder" in md and "fewer than 2 .mp4 clips" in md and "`fid`: no FID reference" in md
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert all(r["style_self"] for r in rows) and "inception_score" in md
+
+
+def test_the_judge_set_up_is_checked_first_and_a_dead_endpoint_stops_only_the_judging(tmp_path, capsys, monkeypatch):
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("make tea\n")
+    systems = "a=py:tests.auteur.metrics.toy_system:varied_system,b=" + _cmd("flat")
+    out = tmp_path / "run"
+    base = ["compare", "--prompts", str(prompts), "--systems", systems, "--out", str(out)]
+    assert main([*base, "--judge", "bogus"]) == 2
+    assert "unknown judge 'bogus'" in capsys.readouterr().err and not out.exists()  # nothing ran
+    monkeypatch.delenv("AUTEUR_JUDGE_URL", raising=False)
+    assert main([*base, "--judge", "openai"]) == 2
+    assert "AUTEUR_JUDGE_URL" in capsys.readouterr().err and not out.exists()
+    assert main([*base, "--judge", f"local:{tmp_path / 'no-model'}"]) == 2 and not out.exists()
+    # an endpoint that refuses connections: the systems and metrics are reported, the judging is a skip
+    monkeypatch.setenv("AUTEUR_JUDGE_URL", "http://127.0.0.1:9/v1")
+    monkeypatch.setenv("AUTEUR_JUDGE_MODEL", "some-vlm")
+    assert main([*base, "--judge", "openai"]) == 0
+    md = (out / "results.md").read_text()
+    assert "`judge`: stopped at a vs b on 001-make-tea after 0 records: judge endpoint" in md
+    assert len(list(csv.DictReader((out / "results.csv").open()))) == 2
+
+
+def test_compare_runs_the_two_real_systems_by_preset(tmp_path, capsys):
+    """`videoauteur:tiny` (director -> FLUX renderer -> Wan videogen, all random tiny models) against
+    `anchors:tiny` (the StoryAnchors re-implementation, random tiny model) on a StoryAnchors-style story."""
+    story = tmp_path / "story.json"
+    events = ["Drain the tuna.", "Mix it with mayonnaise.", "Spread it on bread."]
+    story.write_text(json.dumps({"title": "how to make a tuna sandwich", "events": events}))
+    out = tmp_path / "run"
+    argv = ["compare", "--prompts", str(story), "--systems", "va=videoauteur:tiny,sa=anchors:tiny", "--out", str(out),
+            "metrics.vision.backend=open_clip_json", "metrics.vision.model_json=tiny_open_clip"]  # fmt: skip
+    assert main(argv) == 0, capsys.readouterr().err
+    rows = {r["system"]: r for r in csv.DictReader((out / "results.csv").open())}
+    assert rows["va"]["status"] == "ok" and rows["sa"]["status"] == "ok", rows
+    assert int(rows["va"]["n_keyframes"]) >= 1 and int(rows["sa"]["n_keyframes"]) >= len(events)
+    assert rows["va"]["consistency_self"] and rows["sa"]["consistency_self"]
+    va = out / "systems" / "va" / rows["va"]["item"]
+    assert (va / "run.json").is_file() and (va / "video.mp4").is_file() and not (va / "_run").exists()
+    assert (out / "results.md").is_file() and (out / "plots" / "consistency_self.png").is_file()
+    html = (out / "storyboard.html").read_text()
+    assert "systems/va/" in html and "systems/sa/" in html
+    assert main(["compare", "--prompts", str(story), "--systems", "x=videoauteur:galactic", "--out", str(out)]) == 2
+    assert "unknown preset" in capsys.readouterr().err

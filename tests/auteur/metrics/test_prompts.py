@@ -73,6 +73,23 @@ def test_storyanchors_and_lines(tmp_path):
         json.dumps({"format": "storyanchors", "stories": [{"id": "s1", "prompt": "a day", "events": ["a", "b"]}]})
     )
     assert read_prompts(p)[0].shots == ["a", "b"]
+    # event objects keep their text (and frame counts in meta); anchors' own story format is read too
+    events = [{"text": "Drain the tuna.", "frames": 2}, "Mix it with mayonnaise."]
+    p.write_text(json.dumps({"stories": [{"prompt": "tuna sandwich", "events": events}]}))
+    it = read_prompts(p)[0]
+    assert it.shots == ["Drain the tuna.", "Mix it with mayonnaise."] and it.meta["event_frames"] == [2, None]
+    a = tmp_path / "story.json"
+    a.write_text(json.dumps({"title": "A tuna sandwich", "subjects": "a cook", "style": "warm", "events": events}))
+    it = read_prompts(a)[0]
+    assert (it.prompt, it.shots[0], it.meta["subjects"], it.meta["style"]) == (
+        "A tuna sandwich",
+        "Drain the tuna.",
+        "a cook",
+        "warm",
+    )
+    a.write_text(json.dumps({"title": "x", "events": [{"frames": 2}]}))
+    with pytest.raises(PromptsError, match=r"events\[0\] must be a caption"):
+        read_prompts(a)
     t = tmp_path / "p.txt"
     t.write_text("make tea\n\nmake toast\n")
     assert [i.prompt for i in read_prompts(t)] == ["make tea", "make toast"]
