@@ -4,16 +4,20 @@ A run folder ``RUN`` holds ``config.yaml``, ``log.csv`` and ``checkpoints/step-N
 folder is complete once its marker file (``state.json``, holding the step) is in it, and every checkpoint is
 written under a temporary name and renamed (:func:`auteur.io.atomic_dir`), so a kill leaves the previous
 checkpoints intact. The global RNG states are saved beside the weights so that a resumed run draws what an
-uninterrupted one would (each package's bit-identical resume test depends on it).
+uninterrupted one would (each package's bit-identical resume test depends on it). A saved LoRA state loads only
+when every key fits the model (:func:`load_lora_state`), and a run folder that a failed start made is removed
+again while it is empty (:func:`run_dir`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
+import logging
 import random
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +25,8 @@ import numpy as np
 import torch
 
 from auteur.io import atomic_path, clean_stale_temporaries, ensure_writable_dir
+
+log = logging.getLogger(__name__)
 
 STATE_FILE = "state.json"
 OPTIMIZER_FILE = "optimizer.pt"
@@ -56,6 +62,26 @@ def prepare_run_dir(out: str | Path) -> Path:
     clean_stale_temporaries(run)
     clean_stale_temporaries(run / "checkpoints")
     return run
+
+
+@contextlib.contextmanager
+def run_dir(out: str | Path) -> Iterator[Path]:
+    """:func:`prepare_run_dir` around the body of a training run: when the body raises, the folders this call
+    created (``out`` and any missing parents) are removed again while they are still empty, so bad input that
+    shows only once the data or the model loads leaves no empty run folder behind. A folder that holds anything
+    (a checkpoint, a log) is kept, and so is one that existed before."""
+    path = Path(out).absolute()
+    created = [p for p in (path, *path.parents) if not p.exists()]  # deepest first
+    run = prepare_run_dir(out)
+    try:
+        yield run
+    except BaseException:
+        for folder in created:
+            try:
+                folder.rmdir()  # only succeeds on an empty folder
+            except OSError:
+                break
+        raise
 
 
 def checkpoint_dir(run: Path, step: int) -> Path:
@@ -139,6 +165,30 @@ def check_run_request(data: list[str], out: str, error: type[Exception]) -> None
     for d in data:
         if not Path(d).is_dir():
             raise error(f"training data folder not found: {d}")
+
+
+def load_lora_state(
+    model: torch.nn.Module, state: dict[str, torch.Tensor], where: str | Path, error: type[Exception]
+) -> int:
+    """Load a saved LoRA state (peft's adapter-name-free keys) into ``model``; returns the tensors loaded.
+
+    Every LoRA tensor of the model must be set and every saved key used, else ``error`` (the package's
+    AuteurError) is raised naming ``where``: a prefix or adapter-name mismatch would otherwise load nothing
+    silently (``set_peft_model_state_dict`` only reports, never raises).
+    """
+    from peft.utils import set_peft_model_state_dict
+
+    result = set_peft_model_state_dict(model, state)
+    unexpected = list(getattr(result, "unexpected_keys", None) or [])
+    missing = [k for k in getattr(result, "missing_keys", None) or [] if "lora_" in k]
+    if unexpected or missing:
+        first = (unexpected or missing)[0]
+        raise error(
+            f"checkpoint {where}: LoRA keys do not fit the model ({len(unexpected)} unexpected, "
+            f"{len(missing)} missing, e.g. {first})"
+        )
+    log.debug("loaded %d LoRA tensors from %s", len(state), where)
+    return len(state)
 
 
 def due(step: int, every: int, max_steps: int) -> bool:

@@ -56,7 +56,7 @@ def _size(text: str) -> tuple[int, int]:
 
 
 def _render(args) -> int:
-    from renderer.render import check_context, render_plan
+    from renderer.render import check_context, kept_line, render_plan
 
     cfg = load_config(RenderConfig, args.preset, args.overrides, preset_dir=PRESETS)
     if args.context is not None:
@@ -72,10 +72,8 @@ def _render(args) -> int:
         cfg.checkpoint = args.checkpoint
     result = render_plan(cfg, args.plan, preset=args.preset, force=args.force, progress=not args.no_progress)
     kind = "retrieved" if cfg.backend == "retrieval" else "rendered"
-    print(
-        f"{len(result.rendered)} keyframes {kind}, {len(result.skipped)} already there"
-        f" -> {result.folder / 'keyframes'}"
-    )
+    kept = kept_line(len(result.skipped), len(result.replaced), result.made_by)
+    print(f"{len(result.rendered)} keyframes {kind}, {kept} -> {result.folder / 'keyframes'}")
     if cfg.backend == "retrieval":
         print("note: keyframes are real frames RETRIEVED from the frame bank (retrieval renderer), not generated")
     return 0

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from auteur import training
 from auteur.config import to_dict
 from auteur.plan import VisualSpace
 from auteur.tokenizers import byte_level_tokenizer
@@ -146,7 +147,7 @@ def build_pipeline(cfg: FluxConfig):
         if not cfg.model:
             raise RendererError("flux.kind=pretrained needs flux.model (a local FLUX.1-Fill-dev folder or hub id)")
         try:
-            pipe = FluxFillPipeline.from_pretrained(cfg.model, torch_dtype=dtype)
+            pipe = FluxFillPipeline.from_pretrained(cfg.model, dtype=dtype)  # torch_dtype: a FutureWarning
         except (OSError, ValueError) as e:
             raise RendererError(f"cannot load FLUX.1 Fill from {cfg.model}: {str(e).splitlines()[0]}") from None
         model_id = cfg.model
@@ -164,9 +165,26 @@ def size_multiple(pipe) -> int:
     return pipe.vae_scale_factor * 2
 
 
-def check_size(pipe, width: int, height: int) -> None:
-    m = size_multiple(pipe)
-    if width < m or height < m or width % m or height % m:
+def config_size_multiple(cfg: FluxConfig) -> int | None:
+    """:func:`size_multiple` from the config alone, before any weights load: ``tiny`` from its VAE widths,
+    ``pretrained`` from a local folder's ``vae/config.json``; None when that is not at hand (a hub id), so the
+    size is checked once the pipeline is loaded."""
+    blocks = cfg.vae_block_out_channels
+    if cfg.kind == "pretrained":
+        path = Path(cfg.model) / "vae" / "config.json"
+        try:
+            blocks = json.loads(path.read_text()).get("block_out_channels") if cfg.model and path.is_file() else None
+        except (OSError, ValueError, AttributeError):
+            blocks = None
+    if not isinstance(blocks, list) or not blocks:
+        return None
+    return 2 ** (len(blocks) - 1) * 2  # FluxFillPipeline: vae_scale_factor = 2^(len(block_out_channels) - 1)
+
+
+def check_size(multiple: int | None, width: int, height: int) -> None:
+    """Raise RendererError unless both panel sides are positive multiples of ``multiple`` (None: unknown yet)."""
+    m = multiple
+    if m is not None and (width < m or height < m or width % m or height % m):
         raise RendererError(
             f"size {width}x{height} is not divisible by the model's patch size {m} (VAE x 2x2 packing)"
         )
@@ -192,6 +210,9 @@ class FluxRenderer:
         self.adapter.to(self.pipe.transformer.device, self.pipe.transformer.dtype)
         if checkpoint is not None:
             self.meta = load_checkpoint(self, checkpoint)
+        # built from config the transformer starts in train mode, and so do LoRA layers added to it: LoRA dropout
+        # would act while rendering (training switches it back on)
+        self.pipe.transformer.eval()
 
     @property
     def model_id(self) -> str:
@@ -247,7 +268,7 @@ class FluxRenderer:
         """One new keyframe: ``context`` keyframes (oldest first, 0..3), ``captions`` for context + new panel,
         ``z`` [dim] the new step's visual embedding. Returns the generated panel (width x height RGB)."""
         w, h = self.cfg.width, self.cfg.height
-        check_size(self.pipe, w, h)
+        check_size(size_multiple(self.pipe), w, h)
         canvas = make_canvas(context, 1, w, h)
         prompt = tiled_caption(captions)
         embeds, pooled, _ = self.encode([prompt], z.reshape(1, 1, -1))
@@ -325,26 +346,5 @@ def load_checkpoint(renderer: FluxRenderer, folder: str | Path) -> dict[str, Any
     renderer.adapter.load_state_dict(load_file(str(folder / ADAPTER_FILE)))
     renderer.adapter.to(renderer.pipe.transformer.device, renderer.pipe.transformer.dtype)
     renderer.add_lora()
-    load_lora_state(renderer.pipe.transformer, load_file(str(folder / LORA_FILE)), folder)
+    training.load_lora_state(renderer.pipe.transformer, load_file(str(folder / LORA_FILE)), folder, RendererError)
     return meta
-
-
-def load_lora_state(transformer, state: dict[str, torch.Tensor], where: str | Path) -> int:
-    """Load a saved LoRA state (peft's adapter-name-free keys) into ``transformer``; returns the tensors loaded.
-
-    Every LoRA tensor of the model must be set and every saved key used: a prefix or adapter-name mismatch
-    would otherwise load nothing silently (``set_peft_model_state_dict`` only reports, never raises).
-    """
-    from peft.utils import set_peft_model_state_dict
-
-    result = set_peft_model_state_dict(transformer, state)
-    unexpected = list(getattr(result, "unexpected_keys", None) or [])
-    missing = [k for k in getattr(result, "missing_keys", None) or [] if "lora_" in k]
-    if unexpected or missing:
-        first = (unexpected or missing)[0]
-        raise RendererError(
-            f"checkpoint {where}: LoRA keys do not fit the model ({len(unexpected)} unexpected, "
-            f"{len(missing)} missing, e.g. {first})"
-        )
-    log.debug("loaded %d LoRA tensors from %s", len(state), where)
-    return len(state)

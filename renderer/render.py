@@ -2,22 +2,26 @@
 
 Each keyframe is written atomically as ``keyframes/step-NNN.png`` in the plan folder, recorded in the step
 (``step.keyframe`` and ``step.meta["render"]``) and ``plan.json`` is saved after every step, so a killed render
-resumes where it stopped: steps whose keyframe is recorded and present are skipped unless ``force``. Every check
-a user can fail (no embeddings, another visual space, missing bank or checkpoint, bad context or size) runs before
-anything is written.
+resumes where it stopped: steps whose keyframe is recorded, present and made by the same renderer (the record's
+``renderer``: preset, back-end, model or bank, checkpoint) are skipped unless ``force``; keyframes made by another
+renderer are made again. Every check a user can fail (no embeddings, another visual space, missing bank or
+checkpoint, bad context or size, a plan folder that cannot be written) runs before anything is written, and the
+cheap ones before any model loads; the CLI then prints one line, so models needed only for a check load quietly.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from PIL import Image
 
-from auteur.io import atomic_path, clean_stale_temporaries
+from auteur.io import atomic_path, clean_stale_temporaries, ensure_writable_dir
 from auteur.plan import Plan, VisualSpace, load_plan, save_plan
 from renderer.canvas import fit_panel
 from renderer.config import RenderConfig
@@ -38,13 +42,60 @@ class SimulatedKill(RuntimeError):
 
 @dataclass
 class RenderResult:
+    """What a render did: step indices ``rendered`` (new keyframes) and ``skipped`` (kept); ``replaced`` are the
+    rendered steps whose earlier keyframe another renderer had made (``made_by``: those renderers in words)."""
+
     folder: Path
     rendered: list[int]
     skipped: list[int]
+    replaced: list[int] = field(default_factory=list)
+    made_by: list[str] = field(default_factory=list)
 
 
-def _done(plan_dir: Path, step) -> bool:
+def _has_keyframe(plan_dir: Path, step) -> bool:
     return bool(step.keyframe) and (plan_dir / step.keyframe).is_file() and "render" in step.meta
+
+
+def renderer_identity(provenance: dict[str, Any]) -> dict[str, Any]:
+    """What makes two renders the same renderer: the preset, the back-end, its model or bank and checkpoint
+    (a subset of ``plan.provenance["renderer"]``; recorded with every keyframe as ``meta["render"]["renderer"]``)."""
+    return {k: provenance[k] for k in ("preset", "kind", "model", "checkpoint", "bank") if k in provenance}
+
+
+def describe_renderer(identity: dict[str, Any] | None) -> str:
+    """A renderer identity in a few words, for the line that says which keyframes are made again."""
+    if not identity:
+        return "an unrecorded renderer"
+    ckpt = identity.get("checkpoint")
+    return f"preset {identity.get('preset') or '?'}" + (f" with checkpoint {ckpt}" if ckpt else "")
+
+
+def kept_line(skipped: int, replaced: int, made_by: list[str]) -> str:
+    """``N already there`` (keyframes kept), and how many are made again because another renderer made them."""
+    line = f"{skipped} already there"
+    if replaced:
+        line += f"; {replaced} made by another renderer ({'; '.join(made_by)}), so made again"
+    return line
+
+
+@contextlib.contextmanager
+def quiet_logs() -> Iterator[None]:
+    """Silence logging (WARNING and below, every logger: open_clip logs through the root logger) for a model
+    that loads only so that an input can be checked; the CLI's stderr stays the one error line."""
+    before = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        yield
+    finally:
+        logging.disable(before)
+
+
+def check_writable(plan_dir: Path) -> None:
+    """The plan folder (plan.json is saved there) and its ``keyframes/`` folder, if there is one, must be
+    writable; checked without creating anything (AuteurError: one line, exit 2)."""
+    ensure_writable_dir(plan_dir)
+    if (plan_dir / KEYFRAMES).exists():
+        ensure_writable_dir(plan_dir / KEYFRAMES)
 
 
 def check_context(k: int) -> None:
@@ -64,7 +115,7 @@ def render_plan(
     from tqdm.auto import tqdm
 
     plan_dir = Path(plan_dir)
-    # 1. checks, before anything is written
+    # 1. checks, before anything is written; the cheap ones (bank, checkpoint, size) before any model loads
     check_context(cfg.context)
     if cfg.width < 1 or cfg.height < 1:
         raise RendererError(f"size must be positive, got {cfg.width}x{cfg.height}")
@@ -72,15 +123,29 @@ def render_plan(
     if plan.embeddings is None or plan.space is None:
         raise RendererError(f"{plan_dir} has no embeddings: the renderer needs the director's visual states")
     backend = _RetrievalBackend(cfg) if cfg.backend == "retrieval" else _FluxBackend(cfg)
+    check_writable(plan_dir)
     backend.check(plan.space)
     clean_stale_temporaries(plan_dir / KEYFRAMES)
 
-    # 2. the steps, in order; the rolling context is the last k keyframes before each step
-    todo = {s.index for s in plan.steps if force or not _done(plan_dir, s)}
+    # 2. what to do: steps without a keyframe, or with one that another renderer made
+    provenance = backend.provenance(preset)
+    identity = renderer_identity(provenance)
+    todo, replaced, made_by = set(), [], []
+    for s in plan.steps:
+        if force or not _has_keyframe(plan_dir, s):
+            todo.add(s.index)
+        elif (old := s.meta["render"].get("renderer")) != identity:
+            todo.add(s.index)
+            replaced.append(s.index)
+            if describe_renderer(old) not in made_by:
+                made_by.append(describe_renderer(old))
     rendered, skipped = [], [s.index for s in plan.steps if s.index not in todo]
+    log.info("keyframes: %s", kept_line(len(skipped), len(replaced), made_by))
     if not todo:
         return RenderResult(plan_dir, rendered, skipped)
-    plan.provenance["renderer"] = backend.provenance(preset)
+    plan.provenance["renderer"] = provenance
+
+    # 3. the steps, in order; the rolling context is the last k keyframes before each step
     bar = tqdm(total=len(todo), desc="render", unit="keyframe", disable=not progress)
     for i, step in enumerate(plan.steps):
         if step.index not in todo:
@@ -91,7 +156,7 @@ def render_plan(
         with atomic_path(plan_dir / rel, suffix=".png") as tmp:
             image.save(tmp, format="PNG")
         step.keyframe = rel
-        step.meta["render"] = {**record, "context_steps": [c.index for c in ctx]}
+        step.meta["render"] = {**record, "context_steps": [c.index for c in ctx], "renderer": identity}
         save_plan(plan, plan_dir)
         rendered.append(step.index)
         bar.update()
@@ -99,7 +164,7 @@ def render_plan(
             bar.close()
             raise SimulatedKill(f"stopped after {len(rendered)} keyframes")
     bar.close()
-    return RenderResult(plan_dir, rendered, skipped)
+    return RenderResult(plan_dir, rendered, skipped, replaced, made_by)
 
 
 class _RetrievalBackend:
@@ -168,26 +233,29 @@ class _RetrievalBackend:
 
 class _FluxBackend:
     def __init__(self, cfg: RenderConfig):
+        from renderer.flux import check_size, config_size_multiple, read_checkpoint_meta
+
         self.cfg = cfg
         self.meta: dict[str, Any] = {}
+        # a missing checkpoint and a size the model cannot take fail before any model loads
         if cfg.checkpoint is not None:
-            from renderer.flux import read_checkpoint_meta
-
-            self.meta = read_checkpoint_meta(cfg.checkpoint)  # a missing checkpoint fails before the model loads
+            self.meta = read_checkpoint_meta(cfg.checkpoint)
+        check_size(config_size_multiple(cfg.flux), cfg.width, cfg.height)
         self.renderer = None
 
     def check(self, space: VisualSpace) -> None:
-        from renderer.flux import FluxRenderer, check_size
+        from renderer.flux import FluxRenderer, check_size, size_multiple
 
         if self.meta:
             expected = VisualSpace(self.meta["space"]["name"], int(self.meta["space"]["dim"]))
-        else:
+        else:  # the untrained renderer's space is its visual encoder's: loaded (quietly) to learn its name
             from auteur.vision import load_encoder
 
-            expected = load_encoder(self.cfg.vision).space
+            with quiet_logs():
+                expected = load_encoder(self.cfg.vision).space
         expected.check_same(space, what="the plan's embeddings")
         self.renderer = FluxRenderer(self.cfg, space, checkpoint=self.cfg.checkpoint)
-        check_size(self.renderer.pipe, self.cfg.width, self.cfg.height)
+        check_size(size_multiple(self.renderer.pipe), self.cfg.width, self.cfg.height)
 
     def provenance(self, preset: str) -> dict[str, Any]:
         trained = bool(self.meta)

@@ -42,7 +42,15 @@ from auteur.training import SimulatedKill as SimulatedKill  # re-exported: tests
 from renderer.canvas import fit_panel, make_canvas, tiled_caption
 from renderer.config import RenderConfig
 from renderer.errors import RendererError
-from renderer.flux import ADAPTER_FILE, LORA_FILE, FluxRenderer, check_size, load_lora_state, save_checkpoint
+from renderer.flux import (
+    ADAPTER_FILE,
+    LORA_FILE,
+    FluxRenderer,
+    check_size,
+    config_size_multiple,
+    save_checkpoint,
+    size_multiple,
+)
 
 log = logging.getLogger(__name__)
 
@@ -186,11 +194,11 @@ def build_for_training(cfg: RenderConfig, space: VisualSpace) -> FluxRenderer:
 
 
 def train(cfg: RenderConfig, stop_after: int | None = None, progress: bool = True) -> Path:
-    """Train LoRA + adapter as ``cfg`` says; returns the final checkpoint folder ``RUN/final``."""
-    from accelerate import Accelerator
-    from safetensors.torch import load_file
-    from tqdm.auto import tqdm
+    """Train LoRA + adapter as ``cfg`` says; returns the final checkpoint folder ``RUN/final``.
 
+    Bad input (config, data, size) is found before the run folder is made; a run folder this call made is
+    removed again, while still empty, if the model fails to load.
+    """
     if cfg.backend != "flux":
         raise RendererError(
             "renderer train needs a flux preset (tiny or paper); the retrieval renderer has no weights"
@@ -199,12 +207,24 @@ def train(cfg: RenderConfig, stop_after: int | None = None, progress: bool = Tru
         raise RendererError("no run folder: give out=RUN_DIR")
     if not 1 <= cfg.train.max_context <= 3:
         raise RendererError(f"train.max_context must be 1, 2 or 3, got {cfg.train.max_context}")
+    check_size(config_size_multiple(cfg.flux), cfg.width, cfg.height)
     episodes, space = load_episodes(cfg.data)
     if not episodes:
         raise RendererError(f"the train splits of {', '.join(cfg.data)} hold no video with two keyframes or more")
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    run = training.prepare_run_dir(cfg.out)
+    with training.run_dir(cfg.out) as run:  # removed again if the model then fails to load while it is empty
+        return _train_run(cfg, run, episodes, space, stop_after, progress)
+
+
+def _train_run(
+    cfg: RenderConfig, run: Path, episodes: list[Episode], space: VisualSpace, stop_after: int | None, progress: bool
+) -> Path:
+    """The body of :func:`train`, in the run folder ``run``."""
+    from accelerate import Accelerator
+    from safetensors.torch import load_file
+    from tqdm.auto import tqdm
+
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
 
     # 1. model, optimizer, resume (global RNGs seeded first: LoRA dropout draws from them; a resume restores them)
@@ -212,13 +232,13 @@ def train(cfg: RenderConfig, stop_after: int | None = None, progress: bool = Tru
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     renderer = build_for_training(cfg, space)
-    check_size(renderer.pipe, cfg.width, cfg.height)
+    check_size(size_multiple(renderer.pipe), cfg.width, cfg.height)
     params = trainable_parameters(renderer)
     optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     step = 0
     ckpt = training.resume_checkpoint(run, cfg.resume, RendererError)
     if ckpt is not None:
-        load_lora_state(renderer.pipe.transformer, load_file(str(ckpt / LORA_FILE)), ckpt)
+        training.load_lora_state(renderer.pipe.transformer, load_file(str(ckpt / LORA_FILE)), ckpt, RendererError)
         renderer.adapter.load_state_dict(load_file(str(ckpt / ADAPTER_FILE)))
         optimizer.load_state_dict(torch.load(ckpt / training.OPTIMIZER_FILE, weights_only=False))
         if (ckpt / training.RNG_FILE).is_file():

@@ -60,8 +60,12 @@ def _generate(args) -> int:
             cfg.animatic.step_seconds = args.frames / cfg.fps
     res = generate(args.plan, cfg, preset=str(args.preset), progress=not args.no_progress)
     kind = "animatic (keyframes with pan/zoom; not a generated video)" if cfg.backend == "animatic" else cfg.backend
+    again = ""
+    if res.replaced:
+        again = f"; {len(res.replaced)} made by another preset ({'; '.join(res.made_by)}) made again"
     print(
-        f"{len(res.plan.steps)} clips ({len(res.generated)} made, {len(res.skipped)} kept) -> {args.plan / 'clips'}\n"
+        f"{len(res.plan.steps)} clips ({len(res.generated)} made, {len(res.skipped)} kept{again})"
+        f" -> {args.plan / 'clips'}\n"
         f"video: {res.video} ({res.duration:.2f} s, {kind}); captions: {res.captions}"
     )
     if res.plan.provenance.get("videogen", {}).get("note"):

@@ -6,9 +6,10 @@ records each step's clip, its time range in the long video and how it was made (
 the long video (``plan.meta["video"]``) and provenance (``plan.provenance["videogen"]``); an animatic is
 labelled as one in all three places.
 
-Every check a user can fail (plan, keyframes, frame count, checkpoint, writable folder) runs before anything
-is written. Each clip is written atomically and recorded in plan.json with a fingerprint of its inputs, so a
-rerun skips finished clips (and redoes those whose keyframe, caption, embedding or settings changed).
+Every check a user can fail (plan, keyframes, frame count, checkpoint and its visual space, writable folder, the
+model's weights) runs before anything is written. Each clip is written atomically and recorded in plan.json
+with the preset that made it and a fingerprint of its inputs, so a rerun skips finished clips (and redoes those
+whose keyframe, caption, embedding, preset or settings changed; clips of another preset are counted as such).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,8 @@ class GenerateResult:
     video: Path
     captions: Path
     duration: float
+    replaced: list[int] = field(default_factory=list)  # generated steps whose old clip another preset/backend made
+    made_by: list[str] = field(default_factory=list)  # those presets and backends, in words
 
 
 def _file_digest(path: Path) -> str:
@@ -81,13 +84,13 @@ def check_request(plan: Plan, cfg: VideogenConfig) -> None:
     if not plan.steps:
         raise VideogenError("the plan has no steps")
     if cfg.backend == "wan":
-        from videogen.wan import check_frames, read_checkpoint_meta
+        from videogen.wan import check_checkpoint_space, check_frames, read_checkpoint_meta
 
         check_frames(cfg.frames)
         if plan.embeddings is None:
             raise VideogenError("the wan preset conditions on the plan's embeddings, but the plan has none")
         if cfg.checkpoint:
-            read_checkpoint_meta(cfg.checkpoint)
+            check_checkpoint_space(read_checkpoint_meta(cfg.checkpoint), plan.space, cfg.checkpoint)
         if cfg.wan.height % 16 or cfg.wan.width % 16:
             raise VideogenError(f"Wan needs height and width divisible by 16, got {cfg.wan.height}x{cfg.wan.width}")
     elif cfg.frames < 1:
@@ -109,6 +112,16 @@ def check_request(plan: Plan, cfg: VideogenConfig) -> None:
         )
 
 
+def _maker(record: dict[str, Any]) -> tuple[str | None, str | None]:
+    """(preset, backend) that made a clip, from its ``step.meta["videogen"]`` record."""
+    return record.get("preset"), record.get("backend")
+
+
+def _describe_maker(record: dict[str, Any]) -> str:
+    preset, backend = _maker(record)
+    return f"preset {preset or '(unrecorded)'}, {backend or 'unknown'} backend"
+
+
 def _fingerprint(parts: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -119,10 +132,10 @@ def generate(plan_dir: str | Path, cfg: VideogenConfig, preset: str = "", progre
     plan = load_plan(folder)
     check_request(plan, cfg)
     keyframes = [_load_keyframe(folder, s.keyframe, s.index) for s in plan.steps]
-    clips_dir = ensure_writable_dir(folder / CLIPS_DIR)
-    ensure_writable_dir(folder)
-    clean_stale_temporaries(folder)
-    clean_stale_temporaries(clips_dir)
+    clips_dir = folder / CLIPS_DIR
+    ensure_writable_dir(folder)  # checked without creating anything: clips/ is made with the first clip
+    if clips_dir.exists():
+        ensure_writable_dir(clips_dir)
 
     n_frames = frames_per_step(cfg)
     animatic = cfg.backend == "animatic"
@@ -132,17 +145,19 @@ def generate(plan_dir: str | Path, cfg: VideogenConfig, preset: str = "", progre
         model_cfg = {**to_dict(cfg.animatic), "algorithm": ALGORITHM}  # a new algorithm redoes old clips
     else:
         model_cfg = {"wan": to_dict(cfg.wan), "projector": to_dict(cfg.projector)}
-    common = {"backend": cfg.backend, "model": model_cfg, "fps": cfg.fps, "frames": n_frames, "crf": cfg.crf,
-              "checkpoint": cfg.checkpoint, "encoder_preset": cfg.encoder_preset}  # fmt: skip
+    common = {"preset": preset, "backend": cfg.backend, "model": model_cfg, "fps": cfg.fps, "frames": n_frames,
+              "crf": cfg.crf, "checkpoint": cfg.checkpoint, "encoder_preset": cfg.encoder_preset}  # fmt: skip
 
     generator = None
     model_name = "animatic (keyframes + Ken Burns)"
     trained = False
-    if not animatic:
+    if not animatic:  # loads the weights (a missing model fails here), before anything is written
         from videogen.wan import WanGenerator
 
         generator = WanGenerator(cfg, plan.space)
         model_name, trained = generator.model_id, generator.trained
+    clean_stale_temporaries(folder)
+    clean_stale_temporaries(clips_dir)
     fitted: dict = {}
 
     def fitted_key(i: int):
@@ -152,7 +167,7 @@ def generate(plan_dir: str | Path, cfg: VideogenConfig, preset: str = "", progre
             fitted[i] = keyframe_planes(keyframes[i][0], cfg.animatic.width, cfg.animatic.height)
         return fitted[i]
 
-    generated, skipped = [], []
+    generated, skipped, replaced, made_by = [], [], [], []
     start = 0.0
     bar = tqdm(plan.steps, desc="videogen", unit="clip", disable=not progress)
     for i, step in enumerate(bar):
@@ -169,6 +184,10 @@ def generate(plan_dir: str | Path, cfg: VideogenConfig, preset: str = "", progre
         if (folder / rel).is_file() and step.clip == rel and old.get("fingerprint") == fp:
             skipped.append(step.index)
         else:
+            if (folder / rel).is_file() and step.clip == rel and _maker(old) != (preset, cfg.backend):
+                replaced.append(step.index)  # a clip of another preset or backend: made again, and said so
+                if _describe_maker(old) not in made_by:
+                    made_by.append(_describe_maker(old))
             if animatic:
                 from videogen.animatic import prefetched, step_frames, write_yuv420_mp4
 
@@ -189,6 +208,7 @@ def generate(plan_dir: str | Path, cfg: VideogenConfig, preset: str = "", progre
             "end": round(end, 6),
             "frames": n_frames,
             "fps": cfg.fps,
+            "preset": preset,
             "backend": cfg.backend,
             "animatic": animatic,
             "label": ANIMATIC_LABEL if animatic else f"generated by {model_name}",
@@ -231,7 +251,9 @@ def generate(plan_dir: str | Path, cfg: VideogenConfig, preset: str = "", progre
         plan.provenance["videogen"]["note"] = "untrained projector (random weights): the clips mean nothing"
     save_config(cfg, folder, name="videogen.yaml")
     save_plan(plan, folder)
-    return GenerateResult(plan, generated, skipped, folder / VIDEO_FILE, folder / VTT_FILE, start)
+    if replaced:
+        log.info("%d clips made by another preset (%s) were made again", len(replaced), "; ".join(made_by))
+    return GenerateResult(plan, generated, skipped, folder / VIDEO_FILE, folder / VTT_FILE, start, replaced, made_by)
 
 
 __all__ = ["generate", "GenerateResult", "check_request", "frames_per_step", "AuteurError"]

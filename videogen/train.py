@@ -8,10 +8,12 @@ the prompt, and the embedding, corrupted with ``z' = S(M(z + eps))`` (VideoAuteu
 :mod:`videogen.regularize`), projected to image tokens. Loss: flow matching (rectified flow, as Wan is
 trained): ``x_t = (1 - s) x_0 + s eps``, the transformer predicts ``eps - x_0``, MSE.
 
-Every ``train.save_every`` steps ``RUN/checkpoints/step-NNNNNN`` holds the LoRA, the projector and the
-optimizer; ``resume=auto`` continues from the newest. All randomness of step ``k`` (sample order, noise,
-time, regularisers) is drawn from generators seeded by ``(seed, k)``, so a resumed run reaches the same
-weights as an uninterrupted one. ``RUN/final`` is a checkpoint ``videogen generate --checkpoint`` takes.
+Every ``train.save_every`` steps ``RUN/checkpoints/step-NNNNNN`` holds the LoRA, the projector, the
+optimizer and the global RNG states; ``resume=auto`` continues from the newest. All randomness of step ``k``
+(sample order, noise, time, regularisers) is drawn from generators seeded by ``(seed, k)``, and LoRA dropout
+draws from the global RNGs, which a resume restores, so a resumed run reaches the same weights as an
+uninterrupted one (bit-identical on CPU, tested with ``lora.dropout`` > 0). ``RUN/final`` is a checkpoint
+``videogen generate --checkpoint`` takes.
 """
 
 from __future__ import annotations
@@ -183,23 +185,33 @@ def _step_batch(n: int, bsz: int, seed: int, step: int) -> list[int]:
 
 
 def train(cfg: VideogenConfig, stop_after: int | None = None, progress: bool = True) -> Path:
-    """Train as ``cfg`` says; returns the final checkpoint folder (``RUN/final``)."""
-    from accelerate import Accelerator
-    from safetensors.torch import load_file, save_file
-    from tqdm.auto import tqdm
+    """Train as ``cfg`` says; returns the final checkpoint folder (``RUN/final``).
 
+    Bad input (config, data: a build without clips) is found before the run folder is made; a run folder this
+    call made is removed again, while still empty, if the model fails to load.
+    """
     if cfg.backend != "wan":
         raise VideogenError("videogen train fine-tunes the Wan model: use a wan preset (tiny, paper, ablation-*)")
     training.check_run_request(cfg.data, cfg.out, VideogenError)
     check_frames(cfg.train.frames)
-    run = training.prepare_run_dir(cfg.out)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
+    samples, space = load_samples(cfg)  # data without clips fails here, before the run folder exists
+    with training.run_dir(cfg.out) as run:  # removed again if the model then fails to load while it is empty
+        return _train_run(cfg, run, samples, space, stop_after, progress)
+
+
+def _train_run(cfg: VideogenConfig, run: Path, samples: list[dict[str, Any]], space: VisualSpace,
+               stop_after: int | None, progress: bool) -> Path:  # fmt: skip
+    """The body of :func:`train`, in the run folder ``run``."""
+    from accelerate import Accelerator
+    from safetensors.torch import load_file, save_file
+    from tqdm.auto import tqdm
+
     accelerator = Accelerator(cpu=not torch.cuda.is_available(),
                               mixed_precision="bf16" if cfg.precision == "bf16" else "no")  # fmt: skip
 
-    # 1. data and model
-    samples, space = load_samples(cfg)
+    # 1. the model
     model = FlowMatchingTrainer(cfg, space)
     params = model.parameters()
     optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
@@ -208,11 +220,13 @@ def train(cfg: VideogenConfig, stop_after: int | None = None, progress: bool = T
     step = 0
     ckpt = training.resume_checkpoint(run, cfg.resume, VideogenError)
     if ckpt is not None:
-        from peft.utils import set_peft_model_state_dict
-
-        set_peft_model_state_dict(model.transformer, load_file(str(ckpt / LORA_FILE)))
+        training.load_lora_state(model.transformer, load_file(str(ckpt / LORA_FILE)), ckpt, VideogenError)
         model.projector.load_state_dict(load_file(str(ckpt / PROJECTOR_FILE)))
         optimizer.load_state_dict(torch.load(ckpt / training.OPTIMIZER_FILE, weights_only=False))
+        if (ckpt / training.RNG_FILE).is_file():
+            training.set_rng_state(torch.load(ckpt / training.RNG_FILE, weights_only=False))
+        else:  # a checkpoint written before RNG states were saved: resumes, but not to the bit
+            log.warning("%s holds no rng.pt: global RNG draws (LoRA dropout) will differ from an unbroken run", ckpt)
         step = training.read_step(ckpt)
         log.info("resumed from %s (step %d)", ckpt, step)
     model.transformer, model.projector, optimizer = accelerator.prepare(model.transformer, model.projector, optimizer)
@@ -227,10 +241,12 @@ def train(cfg: VideogenConfig, stop_after: int | None = None, progress: bool = T
         with atomic_dir(training.checkpoint_dir(run, at)) as tmp:
             save_file(state["lora"], str(tmp / LORA_FILE))
             save_file({k: v.contiguous() for k, v in state["projector"].items()}, str(tmp / PROJECTOR_FILE))
-            training.write_train_state(tmp, at, optimizer)
+            # the global RNG states (CUDA's too): LoRA dropout draws from them, the rest from per-step generators
+            training.write_train_state(tmp, at, optimizer, rng=training.rng_state(cuda=True))
         training.prune_checkpoints(run, keep=2)
 
-    # 3. the loop
+    # 3. the loop (train mode: from_pretrained returns the transformer in eval mode, where LoRA dropout is off)
+    model.transformer.train()
     bar = tqdm(total=cfg.train.max_steps, initial=step, desc="videogen train", unit="step", disable=not progress)
     while step < cfg.train.max_steps:
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from auteur import training
 from auteur.config import to_dict
 from auteur.io import atomic_dir
 from auteur.plan import VisualSpace
@@ -201,6 +202,12 @@ def read_checkpoint_meta(folder: str | Path) -> dict[str, Any]:
     return meta
 
 
+def check_checkpoint_space(meta: dict[str, Any], space: VisualSpace, folder: str | Path) -> None:
+    """Raise unless the plan's embeddings (``space``) are in the space the checkpoint ``meta`` was trained on."""
+    trained = VisualSpace(meta["space"]["name"], int(meta["space"]["dim"]))
+    trained.check_same(space, what=f"the plan's embeddings (checkpoint {folder})")
+
+
 class WanGenerator:
     """Clips from (keyframe, caption, embedding): Wan I2V + the embedding projector (+ a trained checkpoint)."""
 
@@ -213,7 +220,7 @@ class WanGenerator:
         meta = None
         if cfg.checkpoint:
             meta = read_checkpoint_meta(cfg.checkpoint)
-            space.check_same(VisualSpace(meta["space"]["name"], int(meta["space"]["dim"])), what="plan embeddings")
+            check_checkpoint_space(meta, space, cfg.checkpoint)
             # the checkpoint's model and projector shapes win over the preset's
             cfg.wan = from_dict(WanConfig, {**to_dict(cfg.wan), **meta["wan"], "source": cfg.wan.source,
                                             "model_id": cfg.wan.model_id})  # fmt: skip
@@ -228,11 +235,11 @@ class WanGenerator:
         self.projector = EmbeddingProjector(space.dim, image_dim, cfg.projector.num_tokens, cfg.projector.hidden)
         self.trained = meta is not None
         if meta is not None:
-            from peft.utils import set_peft_model_state_dict
-
+            ckpt = Path(cfg.checkpoint)
             add_lora(comps["transformer"], cfg.lora)
-            set_peft_model_state_dict(comps["transformer"], load_file(str(Path(cfg.checkpoint) / LORA_FILE)))
-            self.projector.load_state_dict(load_file(str(Path(cfg.checkpoint) / PROJECTOR_FILE)))
+            training.load_lora_state(comps["transformer"], load_file(str(ckpt / LORA_FILE)), ckpt, VideogenError)
+            self.projector.load_state_dict(load_file(str(ckpt / PROJECTOR_FILE)))
+        comps["transformer"].eval()  # built from config it starts in train mode: LoRA dropout would act here
         self.pipe = _pipeline_class()(image_processor=None, image_encoder=None, **comps)
         self.pipe.set_progress_bar_config(disable=True)
         self.projector.eval()

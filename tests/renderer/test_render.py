@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -104,3 +108,77 @@ def test_bad_inputs_one_line_exit_2(tiny_plan: Path, tiny_bank: Path, tmp_path: 
     assert rc == 2 and "has no embeddings" in err
     rc, _, err = run(["render", tmp_path / "missing", "--preset", "tiny"], capsys)
     assert rc == 2 and "not a plan folder" in err
+
+
+def _cli_stderr(*argv) -> tuple[int, str]:
+    """Run `python -m renderer.cli` in a subprocess: real stderr, with everything logging writes to it."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "renderer.cli", *map(str, argv)], capture_output=True, text=True, env=env, check=False
+    )
+    return proc.returncode, proc.stderr
+
+
+def test_flux_bad_input_is_one_line_on_the_real_stderr(tiny_plan: Path, tmp_path: Path):
+    # the size is checked from the config and the visual space with the encoder loaded quietly: no log lines first
+    rc, err = _cli_stderr("render", tiny_plan, "--preset", "tiny", "--size", "30x30", "--no-progress")
+    assert rc == 2 and err.startswith("error: size 30x30 is not divisible") and err.count("\n") == 1, err
+    other = make_plan(tmp_path / "other", torch.zeros(3, 5), VisualSpace("another/encoder", 5))
+    rc, err = _cli_stderr("render", other, "--preset", "tiny", "--no-progress")
+    assert rc == 2 and err.startswith("error: the plan's embeddings are in visual space another/encoder"), err
+    assert err.count("\n") == 1, err
+    # FLUX weights that are not there: no library warning before the error either
+    rc, err = _cli_stderr("render", tiny_plan, "--preset", "tiny", "flux.kind=pretrained", f"flux.model={tmp_path}/x")
+    assert rc == 2 and err.startswith("error: cannot load FLUX.1 Fill from") and err.count("\n") == 1, err
+    assert not (tiny_plan / "keyframes").exists() and not (other / "keyframes").exists()
+
+
+@pytest.mark.parametrize("how", ["keyframes-is-a-file", "read-only"])
+def test_unwritable_plan_folder_is_one_line_exit_2(tiny_plan: Path, how: str, capsys):
+    if how == "keyframes-is-a-file":
+        (tiny_plan / "keyframes").write_text("a file where the keyframes folder goes")
+    else:
+        tiny_plan.chmod(0o555)
+        if os.access(tiny_plan, os.W_OK):  # root: chmod does not stop writes
+            tiny_plan.chmod(0o755)
+            pytest.skip("a read-only folder stays writable for root; the other case checks the same path")
+    before = (tiny_plan / "plan.json").read_bytes()
+    try:
+        rc, _, err = run(["render", tiny_plan, "--preset", "tiny", "--no-progress"], capsys)
+    finally:
+        tiny_plan.chmod(0o755)
+    assert rc == 2 and err.startswith("error: output folder") and "is not writable" in err, err
+    assert err.count("\n") == 1
+    assert (tiny_plan / "plan.json").read_bytes() == before
+    assert sorted(p.name for p in tiny_plan.iterdir()) == sorted(
+        ["embeddings.safetensors", "plan.json"] + (["keyframes"] if how == "keyframes-is-a-file" else [])
+    )
+
+
+def test_keyframes_of_another_renderer_are_made_again(tiny_bank: Path, tmp_path: Path, capsys):
+    from auteur.bank import load_bank
+
+    bank = load_bank(tiny_bank)
+    plan_dir = make_plan(tmp_path / "plan", bank.embeddings[[0, 4, 8]].clone(), bank.space)
+    retrieve = ["render", plan_dir, "--bank", tiny_bank, "--size", "32x32", "--no-progress", "retrieval.consistency=0"]
+    rc, out, _ = run(retrieve, capsys)
+    assert rc == 0 and "3 keyframes retrieved, 0 already there" in out
+    assert all(s.meta["render"]["renderer"]["preset"] == "default" for s in load_plan(plan_dir).steps)
+    # the tiny FLUX renderer does not keep the retrieved frames: it renders every step again, and says why
+    rc, out, _ = run(["render", plan_dir, "--preset", "tiny", "--no-progress"], capsys)
+    assert rc == 0 and "3 keyframes rendered, 0 already there; 3 made by another renderer (preset default)" in out
+    plan = load_plan(plan_dir)
+    assert all(s.meta["render"]["kind"] == "rendered" for s in plan.steps)
+    assert all(s.meta["render"]["renderer"] == plan.steps[0].meta["render"]["renderer"] for s in plan.steps)
+    rc, out, _ = run(["render", plan_dir, "--preset", "tiny", "--no-progress"], capsys)
+    assert rc == 0 and "0 keyframes rendered, 3 already there ->" in out
+    # a keyframe whose record names no renderer (written before renderers were recorded) is made again too
+    raw = json.loads((plan_dir / "plan.json").read_text())
+    del raw["steps"][1]["meta"]["render"]["renderer"]
+    (plan_dir / "plan.json").write_text(json.dumps(raw))
+    rc, out, _ = run(["render", plan_dir, "--preset", "tiny", "--no-progress"], capsys)
+    assert rc == 0 and "1 keyframes rendered, 2 already there; 1 made by another renderer (an unrecorded" in out
+    # and back: retrieval replaces the FLUX keyframes
+    rc, out, _ = run(retrieve, capsys)
+    assert rc == 0 and "3 keyframes retrieved, 0 already there; 3 made by another renderer (preset tiny)" in out
+    assert [s.meta["render"]["bank_index"] for s in load_plan(plan_dir).steps] == [0, 4, 8]

@@ -88,8 +88,8 @@ def test_train_resume_matches_uninterrupted(tiny_cookgen: Path, tmp_path: Path):
 
 
 def test_lora_keys_that_do_not_fit_are_an_error(tiny_cookgen: Path):
+    from auteur.training import load_lora_state
     from renderer.errors import RendererError
-    from renderer.flux import load_lora_state
 
     cfg = load_config(RenderConfig, "tiny", preset_dir=PRESETS)
     _, space = load_episodes([str(tiny_cookgen)])
@@ -98,29 +98,57 @@ def test_lora_keys_that_do_not_fit_are_an_error(tiny_cookgen: Path):
 
     state = {k: v + 1.0 for k, v in get_peft_model_state_dict(src.pipe.transformer).items()}
     assert (
-        load_lora_state(dst.pipe.transformer, state, "ok") == len(state) == 14
+        load_lora_state(dst.pipe.transformer, state, "ok", RendererError) == len(state) == 14
     )  # q, k, v (+ out in the double block), A and B
     loaded = get_peft_model_state_dict(dst.pipe.transformer)
     assert all(torch.equal(loaded[k], state[k]) for k in state)
     with pytest.raises(RendererError, match="LoRA keys do not fit"):  # another prefix: nothing would load
-        load_lora_state(dst.pipe.transformer, {f"transformer.{k}": v for k, v in state.items()}, "bad")
+        load_lora_state(dst.pipe.transformer, {f"transformer.{k}": v for k, v in state.items()}, "bad", RendererError)
     with pytest.raises(RendererError, match="1 missing"):
-        load_lora_state(dst.pipe.transformer, dict(list(state.items())[1:]), "bad")
+        load_lora_state(dst.pipe.transformer, dict(list(state.items())[1:]), "bad", RendererError)
 
 
 def test_train_cli_then_render_with_checkpoint(tiny_cookgen: Path, tiny_plan: Path, tmp_path: Path, capsys):
     run = tmp_path / "run"
-    argv = ["train", "--config", "tiny", f"data={tiny_cookgen}", f"out={run}", "train.max_steps=2", "--no-progress"]
+    argv = ["train", "--config", "tiny", f"data={tiny_cookgen}", f"out={run}", "train.max_steps=2", "lora.dropout=0.5"]
+    argv.append("--no-progress")
     assert main(argv) == 0
     assert (run / "final" / "lora.safetensors").is_file() and (run / "checkpoints" / "step-000002").is_dir()
     assert len((run / "log.csv").read_text().splitlines()) == 3
     # resume=auto: a rerun finds step 2 done and only rewrites final
     assert main(argv) == 0
-    assert (
-        main(["render", str(tiny_plan), "--preset", "tiny", "--checkpoint", str(run / "final"), "--no-progress"]) == 0
-    )
+    render = ["render", str(tiny_plan), "--preset", "tiny", "--no-progress"]
+    assert main(render) == 0  # untrained first
+    capsys.readouterr()
+    assert main([*render, "--checkpoint", str(run / "final")]) == 0
     from auteur.plan import load_plan
 
     prov = load_plan(tiny_plan).provenance["renderer"]
     assert prov["trained"] is True and "label" not in prov
-    capsys.readouterr()
+    # the untrained keyframes were not kept: another checkpoint is another renderer
+    out = capsys.readouterr().out
+    assert "3 keyframes rendered, 0 already there; 3 made by another renderer (preset tiny)" in out, out
+    ckpt = str((run / "final").resolve())
+    assert all(s.meta["render"]["renderer"]["checkpoint"] == ckpt for s in load_plan(tiny_plan).steps)
+    # rendering runs the LoRA in eval mode: its dropout (0.5 here) does not act, whatever the global RNG holds
+    first = [(tiny_plan / f"keyframes/step-00{i}.png").read_bytes() for i in (1, 2, 3)]
+    torch.manual_seed(1)
+    assert main([*render, "--checkpoint", str(run / "final"), "--force"]) == 0
+    assert [(tiny_plan / f"keyframes/step-00{i}.png").read_bytes() for i in (1, 2, 3)] == first
+
+
+def test_train_bad_size_or_model_leaves_no_run_folder(tiny_cookgen: Path, tmp_path: Path, capsys):
+    out = tmp_path / "runs" / "r"
+    base = ["train", "--config", "tiny", f"data={tiny_cookgen}", f"out={out}", "--no-progress"]
+    # a size the model cannot take: found from the config, before the run folder is made
+    assert main([*base, "width=30", "height=30"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: size 30x30 is not divisible by the model's patch size 4") and err.count("\n") == 1
+    assert not (tmp_path / "runs").exists()
+    # FLUX weights that are not there: found when the model loads; the run folders made for it are removed again
+    missing = ["flux.kind=pretrained", f"flux.model={tmp_path / 'no-flux'}"]
+    assert main([*base, *missing]) == 2
+    assert "cannot load FLUX.1 Fill from" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+    out.mkdir(parents=True)  # a run folder that was there before is kept
+    assert main([*base, *missing]) == 2 and out.is_dir() and not any(out.iterdir())

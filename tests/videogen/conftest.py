@@ -56,12 +56,10 @@ def plan_dir(tmp_path) -> Path:
     return make_plan(tmp_path / "plan")
 
 
-@pytest.fixture(scope="session")
-def tiny_cookgen_clips(tmp_path_factory) -> Path:
+def _cookgen_build(root: Path, *extra: str) -> Path:
     """A CookGen build (tiny visual space) of two synthetic dishes whose step clips are flat colours."""
     from cookgen.cli import main as cookgen
 
-    root = tmp_path_factory.mktemp("vg-dishes")
     for d, name in enumerate(["Toast", "Salad"]):
         folder = root / "train" / name
         folder.mkdir(parents=True)
@@ -76,6 +74,18 @@ def tiny_cookgen_clips(tmp_path_factory) -> Path:
         (folder / "captions.yaml").write_text(yaml.safe_dump(caps))
     out = root / "cookgen"
     argv = ["build", "steps", "--root", str(root / "train"), "--out", str(out), "--split", "train", "--config",
-            "tiny", "--no-progress", "filter.min_clip_seconds=0.5"]  # fmt: skip
+            "tiny", "--no-progress", "filter.min_clip_seconds=0.5", *extra]  # fmt: skip
     assert cookgen(argv) == 0
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_cookgen_clips(tmp_path_factory) -> Path:
+    """A CookGen build with step clips (what videogen trains on)."""
+    return _cookgen_build(tmp_path_factory.mktemp("vg-dishes"))
+
+
+@pytest.fixture(scope="session")
+def tiny_cookgen_no_clips(tmp_path_factory) -> Path:
+    """The same build without clips (``clips.cut=false``: keyframes and embeddings only)."""
+    return _cookgen_build(tmp_path_factory.mktemp("vg-dishes-no-clips"), "clips.cut=false")
