@@ -118,4 +118,3 @@ def read_json_object(path: str | os.PathLike, error: type[Exception]) -> dict[st
     if not isinstance(data, dict):
         raise error(f"{path}: top level must be an object")
     return data
-

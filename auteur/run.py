@@ -12,8 +12,9 @@ Stages, each run as its package's console script in a subprocess (stage packages
    videogen itself also skips finished clips)
 4. ``RUN/storyboard.html``                  (always rewritten; cheap)
 
-``RUN/run.json`` records the query, the presets, the seed and what each stage did. A rerun with another preset
-(or seed) for a stage redoes that stage (``--force``) and every stage after it, since their inputs changed.
+``RUN/run.json`` records the query, the presets, the seed and what each stage did (written after every stage).
+A rerun with another preset or seed for a stage redoes that stage and every stage after it, since their inputs
+changed (the renderer with ``--force``; videogen redoes the clips whose inputs changed).
 
 The default renderer retrieves keyframes from a frame bank (``cookgen bank CLIPS --out BANK``): ``--bank``,
 else ``$AUTEUR_BANK``, else ``runs/bank`` when it is one. No bank ships with the package: the only real clips
@@ -203,7 +204,9 @@ def run(cfg: RunConfig, commands: StageCommands | None = None, quiet: bool = Fal
             record["stages"][stage] = {"status": "skipped (outputs exist)", "preset": now[0], "seed": now[1]}
             say(f"[{stage}] skipped: outputs exist in {plan_dir}")
         else:
-            argv = commands.check(stage) + args() + (["--force"] if redo and stage != "director" else [])
+            # the director replaces its plan folder; videogen redoes the clips whose inputs, preset or seed changed
+            # (each clip records a fingerprint of them); the renderer is told to redo every keyframe
+            argv = commands.check(stage) + args() + (["--force"] if redo and stage == "renderer" else [])
             say(f"[{stage}] running" + (" again: a preset or the seed changed" if redo else ""))
             seconds = _run_stage(stage, argv, quiet)
             if not done(plan_dir):

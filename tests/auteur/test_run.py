@@ -1,5 +1,6 @@
 import json
 import sys
+from dataclasses import replace
 
 import pytest
 from PIL import Image
@@ -46,6 +47,19 @@ def test_run_orchestrates_and_resumes_stage_by_stage(tmp_path, capsys):
     assert (out / "storyboard.html").is_file() and json.loads((out / "run.json").read_text())["seed"] == 1
     record = run(cfg, missing)
     assert all(v["status"].startswith("skipped") for v in record["stages"].values())
+    # another videogen preset: that stage runs again (and only it: the renderer is still not needed)
+    vg2 = tmp_path / "small2.yaml"
+    vg2.write_text(SMALL_VIDEOGEN.replace("step_seconds: 1", "step_seconds: 2"))
+    record = run(replace(cfg, videogen_preset=str(vg2)), missing)
+    assert (
+        record["stages"]["renderer"]["status"].startswith("skipped")
+        and record["stages"]["videogen"]["status"] == "done"
+    )
+    assert probe(plan_dir / "video.mp4").num_frames == 48
+    # another seed: every stage runs again, from a new plan (the renderer is needed again, and missing)
+    with pytest.raises(RunError, match="needs the 'no_such_renderer_pkg' package"):
+        run(replace(cfg, videogen_preset=str(vg2), seed=2), missing)
+    assert json.loads((out / "run.json").read_text())["stages"]["director"]["seed"] == 2
     with pytest.raises(RunError, match="another query"):
         run(RunConfig(query="something else", out=out), missing)
 
