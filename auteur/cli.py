@@ -4,7 +4,7 @@ auteur show PLAN_DIR [--json]              # validate a plan folder and print it
 auteur embed IMAGE [IMAGE ...] --out FILE  # embed images into a visual space (safetensors + its space)
             [--backend efficientnet_lite0|open_clip|open_clip_json] [--model-name N] [--checkpoint P]
 
-auteur compare --prompts FILE --systems NAME=CMD,... --out DIR   # comparison experiments (auteur.compare)
+auteur compare --prompts FILE --systems NAME=SYSTEM,... --out DIR   # comparison experiments (auteur.compare)
 auteur export vistorybench RUN_DIR --out DIR                   # keyframes in ViStoryBench's layout
 
 auteur run "QUERY" --out DIR [--preset default|tiny] [--{director,renderer,videogen}-preset P] [--seed S]
