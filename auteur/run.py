@@ -27,6 +27,7 @@ import importlib.util
 import json
 import logging
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -36,7 +37,7 @@ from typing import Any
 
 from auteur.bank import BANK_FILE, is_bank
 from auteur.errors import AuteurError
-from auteur.io import atomic_write_json, ensure_writable_dir
+from auteur.io import atomic_write_json, atomic_write_text, ensure_writable_dir
 
 log = logging.getLogger(__name__)
 
@@ -105,19 +106,22 @@ def default_bank() -> Path | None:
     return Path("runs/bank") if is_bank(Path("runs/bank")) else None
 
 
-def _run_stage(stage: str, argv: list[str], quiet: bool = False) -> float:
-    """Run one stage's command; its output is echoed (unless ``quiet``), its stderr kept for a one-line error."""
-    log.info("stage %s: %s", stage, " ".join(argv))
+def _run_stage(stage: str, argv: list[str], log_file: Path, quiet: bool = False) -> float:
+    """Run one stage's command. Its whole output (command, stdout, stderr) goes to ``log_file``; its stdout (the
+    readable result, e.g. the plan) is echoed unless ``quiet``; a failure is one line naming the stage, the
+    stage's own error and the log file."""
+    log.debug("stage %s: %s", stage, " ".join(argv))
     t0 = time.perf_counter()
     proc = subprocess.run(argv, capture_output=True, text=True)
-    if proc.stdout and not quiet:
+    atomic_write_text(log_file, f"$ {shlex.join(argv)}\n# exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    if proc.returncode == 0 and proc.stdout and not quiet:
         sys.stdout.write(proc.stdout)
-    if proc.stderr and not quiet:
-        sys.stderr.write(proc.stderr)
     if proc.returncode != 0:
         lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
         why = next((ln for ln in reversed(lines) if ln.startswith("error:")), lines[-1] if lines else "no message")
-        raise RunError(f"stage {stage} failed (exit {proc.returncode}): {why.removeprefix('error: ')}")
+        raise RunError(
+            f"stage {stage} failed (exit {proc.returncode}): {why.removeprefix('error: ')} (full log: {log_file})"
+        )
     return time.perf_counter() - t0
 
 
@@ -208,7 +212,7 @@ def run(cfg: RunConfig, commands: StageCommands | None = None, quiet: bool = Fal
             # (each clip records a fingerprint of them); the renderer is told to redo every keyframe
             argv = commands.check(stage) + args() + (["--force"] if redo and stage == "renderer" else [])
             say(f"[{stage}] running" + (" again: a preset or the seed changed" if redo else ""))
-            seconds = _run_stage(stage, argv, quiet)
+            seconds = _run_stage(stage, argv, out / "logs" / f"{stage}.log", quiet)
             if not done(plan_dir):
                 raise RunError(f"stage {stage} exited 0 but its outputs are missing in {plan_dir}")
             seconds = round(seconds, 2)

@@ -84,6 +84,14 @@ def test_run_reports_a_failing_stage_in_one_line(tmp_path, capsys, monkeypatch):
     with pytest.raises(RunError, match=r"stage director failed \(exit 2\): unknown preset 'no-such-preset'"):
         run(cfg)
     assert not (tmp_path / "r2" / "plan").exists()
+    # from the CLI: one line on stderr, naming the stage's own error and the file holding its whole output
+    capsys.readouterr()
+    argv = ["run", "how to make toast", "--out", str(tmp_path / "r3"), "--director-preset", "nope", "--preset", "tiny"]
+    assert auteur(argv) == 2
+    err = capsys.readouterr().err
+    log_file = tmp_path / "r3" / "logs" / "director.log"
+    assert err.count("\n") == 1 and "unknown preset 'nope'" in err and f"(full log: {log_file})" in err, err
+    assert "# exit 2" in log_file.read_text()
 
 
 def test_auteur_run_end_to_end_with_the_renderer(tmp_path, capsys):
