@@ -330,10 +330,10 @@ def _pretrained_components(cfg: ModelConfig) -> tuple[nn.Module, nn.Module, Text
             f"model.pretrained={cfg.pretrained}: not a local diffusers Wan folder (missing {', '.join(missing)}/); "
             "download e.g. Wan-AI/Wan2.1-T2V-1.3B-Diffusers and give its path"
         )
-    transformer = WanTransformer3DModel.from_pretrained(root, subfolder="transformer", torch_dtype=torch.float32)
-    vae = AutoencoderKLWan.from_pretrained(root, subfolder="vae", torch_dtype=torch.float32)
+    transformer = WanTransformer3DModel.from_pretrained(root, subfolder="transformer", dtype=torch.float32)
+    vae = AutoencoderKLWan.from_pretrained(root, subfolder="vae", dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(root / "tokenizer")
-    t5 = T5EncoderModel.from_pretrained(root, subfolder="text_encoder", torch_dtype=torch.float32)
+    t5 = T5EncoderModel.from_pretrained(root, subfolder="text_encoder", dtype=torch.float32)
     return transformer, vae, TextEncoder(tokenizer, t5, cfg.text.max_tokens)
 
 

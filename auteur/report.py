@@ -198,7 +198,8 @@ def write_reports(result: CompareResult, items: list[PromptItem], systems: list[
     for m in SET_METRICS:
         vals = {s: [result.set_level[s][m]] for s in systems if m in result.set_level.get(s, {})}
         if vals:
-            bar_plot(vals, DESCRIPTIONS[m], out / "plots" / f"{m}.png")
+            # a set-level metric is one value per system (over all its keyframes or clips): no spread to draw
+            bar_plot(vals, f"{DESCRIPTIONS[m]} (set-level: one value per system)"[:110], out / "plots" / f"{m}.png")
     atomic_write_text(out / "storyboard.html", storyboard_html(result, items, systems))
     if result.judge_records:
         from auteur.judge import win_tie_loss_markdown
