@@ -314,9 +314,16 @@ def _tiny_components(cfg: ModelConfig) -> tuple[nn.Module, nn.Module, TextEncode
     return transformer, vae, TextEncoder(tokenizer, t5, x.max_tokens)
 
 
+#: text encoders a diffusers Wan folder may hold (Wan 2.1 ships UMT5; its layers each have their own
+#: relative-attention bias, which a T5 class would silently drop)
+TEXT_ENCODERS = ("UMT5EncoderModel", "T5EncoderModel")
+
+
 def _pretrained_components(cfg: ModelConfig) -> tuple[nn.Module, nn.Module, TextEncoder]:
+    """Transformer, VAE and text encoder (all float32) from a local diffusers Wan folder (``cfg.pretrained``)."""
+    import transformers
     from diffusers import AutoencoderKLWan, WanTransformer3DModel
-    from transformers import AutoTokenizer, T5EncoderModel
+    from transformers import AutoTokenizer
 
     if not cfg.pretrained:
         raise AnchorsError(
@@ -324,16 +331,27 @@ def _pretrained_components(cfg: ModelConfig) -> tuple[nn.Module, nn.Module, Text
             "(e.g. Wan-AI/Wan2.1-T2V-1.3B-Diffusers downloaded beforehand); nothing is fetched at run time"
         )
     root = Path(cfg.pretrained).expanduser()
-    missing = [s for s in ("transformer", "vae", "text_encoder", "tokenizer") if not (root / s).is_dir()]
+    missing = [f"{s}/" for s in ("transformer", "vae", "text_encoder", "tokenizer") if not (root / s).is_dir()]
+    missing += [
+        f"weights in {s}/"
+        for s in ("transformer", "vae", "text_encoder")
+        if (root / s).is_dir() and not any(f.suffix in (".safetensors", ".bin") for f in (root / s).iterdir())
+    ]
     if missing:
         raise AnchorsError(
-            f"model.pretrained={cfg.pretrained}: not a local diffusers Wan folder (missing {', '.join(missing)}/); "
-            "download e.g. Wan-AI/Wan2.1-T2V-1.3B-Diffusers and give its path"
+            f"model.pretrained={cfg.pretrained}: not a complete local diffusers Wan folder (missing "
+            f"{', '.join(missing)}); download e.g. Wan-AI/Wan2.1-T2V-1.3B-Diffusers and give its path"
         )
-    transformer = WanTransformer3DModel.from_pretrained(root, subfolder="transformer", dtype=torch.float32)
-    vae = AutoencoderKLWan.from_pretrained(root, subfolder="vae", dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(root / "tokenizer")
-    t5 = T5EncoderModel.from_pretrained(root, subfolder="text_encoder", dtype=torch.float32)
+    try:
+        arch = (json.loads((root / "text_encoder" / "config.json").read_text()).get("architectures") or ["?"])[0]
+        if arch not in TEXT_ENCODERS:
+            raise AnchorsError(f"{root / 'text_encoder'}: a {arch}, not one of {', '.join(TEXT_ENCODERS)}")
+        transformer = WanTransformer3DModel.from_pretrained(root, subfolder="transformer", dtype=torch.float32)
+        vae = AutoencoderKLWan.from_pretrained(root, subfolder="vae", dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(root / "tokenizer")
+        t5 = getattr(transformers, arch).from_pretrained(root, subfolder="text_encoder", dtype=torch.float32)
+    except (OSError, ValueError) as e:  # an unreadable config or weights file
+        raise AnchorsError(f"cannot load Wan from {cfg.pretrained}: {str(e).splitlines()[0]}") from None
     return transformer, vae, TextEncoder(tokenizer, t5, cfg.text.max_tokens)
 
 

@@ -97,6 +97,9 @@ def main(argv: list[str] | None = None) -> int:
 
         diffusers_logging.set_verbosity_error()  # e.g. the truncation notice for long tiled prompts
         transformers_logging.set_verbosity_error()
+        if getattr(args, "no_progress", False):  # the libraries' own bars too (loading weights)
+            diffusers_logging.disable_progress_bar()
+            transformers_logging.disable_progress_bar()
         if args.command == "render":
             return _render(args)
         if args.command == "train":

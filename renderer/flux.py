@@ -135,6 +135,29 @@ def _tiny_components(cfg: FluxConfig) -> dict[str, Any]:
     }
 
 
+#: what a local FLUX.1 Fill [dev] folder holds (the diffusers layout: ``FluxFillPipeline.save_pretrained``)
+FLUX_PARTS = ("transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")
+
+
+def check_flux_folder(model: str) -> None:
+    """RendererError naming what a local FLUX folder lacks (an incomplete download), before diffusers logs its
+    own errors about it; a hub id (no such folder) is left to ``from_pretrained``."""
+    root = Path(model).expanduser()
+    if not root.is_dir():
+        return
+    lacking = [] if (root / "model_index.json").is_file() else ["model_index.json"]
+    for part in FLUX_PARTS:
+        files = {p.suffix for p in (root / part).glob("*")}
+        if not files:
+            lacking.append(f"{part}/")
+        elif part.startswith(("transformer", "vae", "text_encoder")) and not files & {".safetensors", ".bin"}:
+            lacking.append(f"weights in {part}/")
+    if lacking:
+        raise RendererError(
+            f"flux.model={model}: not a complete diffusers FLUX.1 Fill folder (no {', '.join(lacking)})"
+        )
+
+
 def build_pipeline(cfg: FluxConfig):
     """A ``FluxFillPipeline``: toy components from config (``tiny``) or FLUX.1 Fill weights (``pretrained``)."""
     from diffusers import FluxFillPipeline
@@ -146,6 +169,7 @@ def build_pipeline(cfg: FluxConfig):
     else:
         if not cfg.model:
             raise RendererError("flux.kind=pretrained needs flux.model (a local FLUX.1-Fill-dev folder or hub id)")
+        check_flux_folder(cfg.model)
         try:
             pipe = FluxFillPipeline.from_pretrained(cfg.model, dtype=dtype)  # torch_dtype: a FutureWarning
         except (OSError, ValueError) as e:

@@ -86,6 +86,12 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> int:
         args = parse_with_overrides(_parser(), argv)  # key=value may also follow the options
         setup_logging()
+        if getattr(args, "no_progress", False):  # the libraries' own bars too (loading weights and shards)
+            from diffusers.utils import logging as diffusers_logging
+            from transformers.utils import logging as transformers_logging
+
+            diffusers_logging.disable_progress_bar()
+            transformers_logging.disable_progress_bar()
         if args.command == "generate":
             return _generate(args)
         if args.command == "train":

@@ -108,4 +108,6 @@ class VideogenConfig:
     out: str = ""  # run folder (train)
     resume: Literal["auto", "never"] = "auto"
     seed: int = 0
+    # bf16: generation loads a pretrained transformer and text encoder in bf16 (the VAE stays fp32); training
+    # runs accelerate's bf16 mixed precision
     precision: Literal["fp32", "bf16"] = "fp32"

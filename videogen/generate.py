@@ -144,7 +144,7 @@ def generate(plan_dir: str | Path, cfg: VideogenConfig, preset: str = "", progre
 
         model_cfg = {**to_dict(cfg.animatic), "algorithm": ALGORITHM}  # a new algorithm redoes old clips
     else:
-        model_cfg = {"wan": to_dict(cfg.wan), "projector": to_dict(cfg.projector)}
+        model_cfg = {"wan": to_dict(cfg.wan), "projector": to_dict(cfg.projector), "precision": cfg.precision}
     common = {"preset": preset, "backend": cfg.backend, "model": model_cfg, "fps": cfg.fps, "frames": n_frames,
               "crf": cfg.crf, "checkpoint": cfg.checkpoint, "encoder_preset": cfg.encoder_preset}  # fmt: skip
 

@@ -18,6 +18,7 @@ so the pipeline's text cleaning (which needs ``ftfy``) is not involved.
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 from pathlib import Path
@@ -77,27 +78,67 @@ def check_frames(frames: int) -> None:
         )
 
 
-def build_components(cfg: WanConfig) -> dict[str, Any]:
-    """The pipeline's components: ``tiny`` from config (seeded), or ``pretrained`` from a local folder."""
+#: what videogen loads from a local diffusers Wan 2.1 I2V folder (it also holds ``image_encoder/`` and
+#: ``image_processor/``, unused: the image tokens come from the projector)
+WAN_PARTS = ("tokenizer", "text_encoder", "vae", "transformer", "scheduler")
+WAN_WEIGHTS = ("text_encoder", "vae", "transformer")
+
+
+def _load_pretrained(cfg: WanConfig, dtype: torch.dtype) -> dict[str, Any]:
+    """The components from ``cfg.model_id`` (a local diffusers folder, or a hub id already in the local cache).
+
+    The transformer and text encoder load in ``dtype``, the VAE in float32 (as diffusers advises for Wan). The
+    scheduler is the folder's own class (UniPC in the published Wan folders; a FlowMatchEuler config read into
+    another class would lose its shift) with its shift set to ``cfg.flow_shift``."""
+    import diffusers
+    from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanTransformer3DModel
+    from transformers import AutoTokenizer, UMT5EncoderModel
+
+    src, kw = cfg.model_id, {"local_files_only": True}
+    root = Path(src).expanduser()
+    if root.is_dir():  # an incomplete folder is named here, before the libraries log errors of their own
+        lacking = [f"{p}/" for p in WAN_PARTS if not (root / p).is_dir()]
+        lacking += [f"weights in {p}/" for p in WAN_WEIGHTS if (root / p).is_dir() and not _has_weights(root / p)]
+        if lacking:
+            raise VideogenError(f"wan.model_id={src}: not a complete diffusers Wan folder (no {', '.join(lacking)})")
+    loaders = {
+        "tokenizer": lambda: AutoTokenizer.from_pretrained(src, subfolder="tokenizer", **kw),
+        "text_encoder": lambda: UMT5EncoderModel.from_pretrained(src, subfolder="text_encoder", dtype=dtype, **kw),
+        "vae": lambda: AutoencoderKLWan.from_pretrained(src, subfolder="vae", dtype=torch.float32, **kw),
+        "transformer": lambda: WanTransformer3DModel.from_pretrained(src, subfolder="transformer", dtype=dtype, **kw),
+        "scheduler": lambda: FlowMatchEulerDiscreteScheduler.load_config(src, subfolder="scheduler", **kw),
+    }
+    comps: dict[str, Any] = {}
+    for part, load in loaders.items():
+        try:
+            comps[part] = load()
+        except (OSError, ValueError) as e:
+            raise VideogenError(f"cannot load Wan from {src} ({part}/): {str(e).splitlines()[0]}") from None
+    sched = comps["scheduler"]
+    cls = getattr(diffusers, str(sched.get("_class_name")), None)
+    shift = "flow_shift" if "flow_shift" in sched else "shift"
+    if cls is None or shift not in inspect.signature(cls.__init__).parameters:
+        raise VideogenError(f"{src}: scheduler {sched.get('_class_name')!r} is not a flow-matching scheduler")
+    comps["scheduler"] = cls.from_config(sched, **{shift: cfg.flow_shift})
+    comps["text_encoder"].eval()
+    comps["vae"].eval()
+    return comps
+
+
+def _has_weights(folder: Path) -> bool:
+    return any(folder.glob("*.safetensors")) or any(folder.glob("*.bin"))
+
+
+def build_components(cfg: WanConfig, dtype: torch.dtype = torch.float32) -> dict[str, Any]:
+    """The pipeline's components: ``tiny`` from config (seeded, float32), or ``pretrained`` from a local folder
+    (transformer and text encoder in ``dtype``)."""
     from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanTransformer3DModel
     from transformers import UMT5Config, UMT5EncoderModel
 
     if cfg.source == "pretrained":
-        from transformers import AutoTokenizer
-
         if not cfg.model_id:
             raise VideogenError("wan.source=pretrained needs wan.model_id (a local diffusers Wan 2.1 I2V folder)")
-        kw = {"local_files_only": True}
-        try:
-            return {
-                "tokenizer": AutoTokenizer.from_pretrained(cfg.model_id, subfolder="tokenizer", **kw),
-                "text_encoder": UMT5EncoderModel.from_pretrained(cfg.model_id, subfolder="text_encoder", **kw),
-                "vae": AutoencoderKLWan.from_pretrained(cfg.model_id, subfolder="vae", **kw),
-                "transformer": WanTransformer3DModel.from_pretrained(cfg.model_id, subfolder="transformer", **kw),
-                "scheduler": FlowMatchEulerDiscreteScheduler.from_pretrained(cfg.model_id, subfolder="scheduler"),
-            }
-        except (OSError, ValueError) as e:
-            raise VideogenError(f"cannot load Wan from {cfg.model_id}: {str(e).splitlines()[0]}") from None
+        return _load_pretrained(cfg, dtype)
     torch.manual_seed(0)
     vae = AutoencoderKLWan(
         base_dim=cfg.vae_base_dim,
@@ -145,9 +186,10 @@ def build_components(cfg: WanConfig) -> dict[str, Any]:
 def encode_prompts(tokenizer, text_encoder, texts: list[str], max_len: int) -> torch.Tensor:
     """T5/UMT5 prompt embeddings as Wan expects them: [B, max_len, text_dim], zero past each prompt's tokens."""
     enc = tokenizer(texts, padding="max_length", max_length=max_len, truncation=True, return_tensors="pt")
+    ids, mask = enc.input_ids.to(text_encoder.device), enc.attention_mask.to(text_encoder.device)
     with torch.no_grad():
-        hidden = text_encoder(enc.input_ids, enc.attention_mask).last_hidden_state
-    return hidden * enc.attention_mask[..., None].to(hidden.dtype)
+        hidden = text_encoder(ids, mask).last_hidden_state
+    return hidden * mask[..., None].to(hidden.dtype)
 
 
 def add_lora(transformer, cfg: LoraConfig) -> None:
@@ -226,7 +268,7 @@ class WanGenerator:
                                             "model_id": cfg.wan.model_id})  # fmt: skip
             cfg.projector = from_dict(type(cfg.projector), meta["projector"])
             cfg.lora = from_dict(LoraConfig, meta["lora"])
-        comps = build_components(cfg.wan)
+        comps = build_components(cfg.wan, torch.bfloat16 if cfg.precision == "bf16" else torch.float32)
         self.tokenizer, self.text_encoder = comps["tokenizer"], comps["text_encoder"]
         image_dim = comps["transformer"].config.image_dim
         if image_dim is None:
@@ -243,6 +285,9 @@ class WanGenerator:
         self.pipe = _pipeline_class()(image_processor=None, image_encoder=None, **comps)
         self.pipe.set_progress_bar_config(disable=True)
         self.projector.eval()
+        if torch.cuda.is_available():  # on CPU everything stays where it loaded
+            self.pipe.to("cuda")
+            self.projector.to("cuda")
         self.model_id = cfg.wan.model_id if cfg.wan.source == "pretrained" else "wan2.1-i2v-tiny-random"
 
     @torch.no_grad()
@@ -252,7 +297,7 @@ class WanGenerator:
         w = self.cfg.wan
         prompt = encode_prompts(self.tokenizer, self.text_encoder, [caption], w.max_sequence_length)
         negative = encode_prompts(self.tokenizer, self.text_encoder, [""], w.max_sequence_length)
-        image_embeds = self.projector(embedding[None].float())
+        image_embeds = self.projector(embedding[None].float().to(self.projector.tokens.device))
         out = self.pipe(
             image=keyframe.convert("RGB").resize((w.width, w.height), Image.Resampling.BICUBIC),
             prompt_embeds=prompt,
