@@ -99,6 +99,8 @@ class FlowMatchingTrainer:
         self.transformer = comps["transformer"]
         self.vae.requires_grad_(False)
         self.text_encoder.requires_grad_(False)
+        if cfg.precision == "bf16":  # the frozen text encoder (UMT5-XXL: ~22 GB in fp32) in bf16; its outputs -> fp32
+            self.text_encoder.to(torch.bfloat16)
         add_lora(self.transformer, cfg.lora)
         torch.manual_seed(cfg.seed)
         self.projector = EmbeddingProjector(
@@ -141,7 +143,7 @@ class FlowMatchingTrainer:
             if c not in self._prompt_cache:
                 self._prompt_cache[c] = encode_prompts(
                     self.tokenizer, self.text_encoder, [c], self.cfg.wan.max_sequence_length
-                )[0]
+                )[0].float()
         return torch.stack([self._prompt_cache[c] for c in captions])
 
     def loss(self, batch: list[dict[str, Any]], gen: torch.Generator) -> torch.Tensor:

@@ -130,3 +130,12 @@ def test_every_preset_loads_and_ablations_switch_only_the_regularisers():
     }
     for n in rows:
         assert cfgs[n].wan == cfgs["paper"].wan and cfgs[n].lora == cfgs["paper"].lora
+
+
+def test_bf16_keeps_the_frozen_text_encoder_in_bf16_and_its_prompts_in_fp32(tiny_cookgen_clips, tmp_path):
+    cfg = _cfg(tiny_cookgen_clips, tmp_path / "run", "precision=bf16")
+    samples, space = load_samples(cfg)
+    model = FlowMatchingTrainer(cfg, space)
+    assert {p.dtype for p in model.text_encoder.parameters()} == {torch.bfloat16}
+    assert model._prompts([samples[0]["caption"]]).dtype == torch.float32  # what the fp32 transformer reads
+    assert all(p.dtype == torch.float32 for p in model.transformer.parameters() if p.requires_grad)
