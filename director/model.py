@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -178,7 +179,9 @@ class Director(nn.Module):
                 bias="none",
                 task_type="CAUSAL_LM",
             )
-            lm = get_peft_model(lm, lora)
+            with warnings.catch_warnings():  # peft reads a property transformers 5 deprecates: not our warning
+                warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+                lm = get_peft_model(lm, lora)
         self.lm = lm
         self.lora_merged = False
         # token ids of the training labels (a checkpoint's output_vocab.json; None: unknown)
