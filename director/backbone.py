@@ -165,7 +165,7 @@ def load_backbone(cfg: BackboneConfig) -> Backbone:
     model.config.use_cache = True
     _fix_special_tokens(model, tokenizer)
     seconds = time.perf_counter() - t0
-    log.info("backbone %s loaded in %.2f s (%s)", model_id, seconds, cfg.dtype)
+    log.debug("backbone %s loaded in %.2f s (%s)", model_id, seconds, cfg.dtype)  # not before a one-line error
     return Backbone(model=model, tokenizer=tokenizer, model_id=model_id, load_seconds=seconds)
 
 
