@@ -150,9 +150,21 @@ def load_checkpoint_into(director: Director, folder: str | Path, partial_adapter
         if director.cfg.lora.enabled:
             director.load_adapter_state(load_file(str(folder / ADAPTER)), allow_missing=partial_adapter)
         director.load_extra_state(load_file(str(folder / EXTRA)))
-    except (OSError, RuntimeError, KeyError, ValueError) as e:
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise DirectorError(f"checkpoint {folder} does not fit this director: {msg}") from None
+    except Exception as e:  # torch's load errors, safetensors' SafetensorError (a truncated file), missing keys ...
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        # torch puts the useful part ("size mismatch for ...: copying a param with shape ...") on a later line
+        msg = next((ln for ln in lines if "size mismatch" in ln or "Missing key" in ln), lines[0] if lines else "")
+        raise DirectorError(
+            f"checkpoint {folder} does not fit this director ({type(e).__name__}): {msg[:400]}"
+        ) from None
+
+
+def check_checkpoint_files(folder: str | Path, model_cfg: ModelConfig) -> None:
+    """The files a checkpoint must hold, checked before the (slow) base model loads."""
+    need = [EXTRA] + ([ADAPTER] if model_cfg.lora.enabled else [])
+    missing = [n for n in need if not (Path(folder) / n).is_file()]
+    if missing:
+        raise DirectorError(f"checkpoint {folder} is incomplete: {', '.join(missing)} not found")
 
 
 def build_director(
@@ -173,6 +185,7 @@ def build_director(
         meta = read_meta(checkpoint)
         model_cfg = from_dict(ModelConfig, meta["model"])
         space = VisualSpace(meta["space"]["name"], int(meta["space"]["dim"]))
+        check_checkpoint_files(checkpoint, model_cfg)
     backbone = backbone or load_backbone(backbone_cfg)
     if meta and meta["base_model_id"] != backbone.model_id:
         raise DirectorError(

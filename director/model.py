@@ -183,6 +183,9 @@ class Director(nn.Module):
                 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
                 lm = get_peft_model(lm, lora)
         self.lm = lm
+        # the LM's unsplittable blocks (its decoder layer class): FSDP's TRANSFORMER_BASED_WRAP wraps each of them
+        self._no_split_modules = list(getattr(lm.get_base_model() if cfg.lora.enabled else lm, "_no_split_modules",
+                                              None) or [])  # fmt: skip
         self.lora_merged = False
         # token ids of the training labels (a checkpoint's output_vocab.json; None: unknown)
         self.output_vocab: list[int] | None = None
@@ -274,6 +277,10 @@ class Director(nn.Module):
         return self.head(q.float())
 
     # -- training ------------------------------------------------------------------------------------------
+
+    def forward(self, batch: dict[str, torch.Tensor], cfg: LossConfig) -> dict[str, torch.Tensor]:
+        """:meth:`loss`: training calls the (DDP/FSDP-wrapped) module, so its forward hooks run."""
+        return self.loss(batch, cfg)
 
     def loss(self, batch: dict[str, torch.Tensor], cfg: LossConfig) -> dict[str, torch.Tensor]:
         """Loss on a collated batch (``input_ids``, ``attention_mask``, ``labels``, ``targets`` [S, D]).

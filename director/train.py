@@ -144,9 +144,10 @@ def validation_metrics(director, samples: list[dict], cfg: DirectorConfig, pad_i
     Text metrics average over batches; embedding metrics over the batches that hold visual states."""
     sums: dict[str, float] = {}
     counts: dict[str, int] = {}
+    device = next(director.parameters()).device
     with torch.no_grad():
         for i in range(0, len(samples), cfg.train.batch_size):
-            batch = collate(samples[i : i + cfg.train.batch_size], pad_id)
+            batch = {k: v.to(device) for k, v in collate(samples[i : i + cfg.train.batch_size], pad_id).items()}
             for k, v in director.loss(batch, cfg.loss).items():
                 sums[k] = sums.get(k, 0.0) + float(v)
                 counts[k] = counts.get(k, 0) + 1
@@ -314,9 +315,9 @@ def train(cfg: DirectorConfig, stop_after: int | None = None, progress: bool = T
             b = (pos + micro) % per_epoch
             idx = order[b * cfg.train.batch_size : (b + 1) * cfg.train.batch_size]
             idx = idx[accelerator.process_index :: accelerator.num_processes] or idx[:1]
-            batch = collate([train_samples[i] for i in idx], pad_id)
+            batch = {k: v.to(accelerator.device) for k, v in collate([train_samples[i] for i in idx], pad_id).items()}
             with accelerator.accumulate(model):
-                parts = accelerator.unwrap_model(model).loss(batch, cfg.loss)
+                parts = model(batch, cfg.loss)  # through the wrapper (DDP / FSDP hooks), not the unwrapped module
                 accelerator.backward(parts["loss"])
                 if accelerator.sync_gradients and cfg.train.grad_clip > 0:
                     accelerator.clip_grad_norm_(params, cfg.train.grad_clip)
@@ -334,7 +335,7 @@ def train(cfg: DirectorConfig, stop_after: int | None = None, progress: bool = T
                 seconds=f"{time.perf_counter() - t0:.1f}",
             )
             log_row(row)
-            bar.set_postfix(loss=f"{float(parts['loss']):.3f}")
+            bar.set_postfix(loss=f"{float(parts['loss'].detach()):.3f}")
         if training.due(step, cfg.train.eval_every, cfg.train.max_steps):
             val = validate()
             if val:

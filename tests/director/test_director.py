@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -48,6 +50,7 @@ def test_only_the_director_parts_train() -> None:
         "lora_" in n or n.split(".")[0] in {"image_embeds", "head", "projector"} for n in trainable
     )
     assert any("lora_A" in n for n in trainable) and "image_embeds" in trainable
+    assert director._no_split_modules == ["LlamaDecoderLayer"]  # FSDP's wrapping unit, from the (peft-wrapped) LM
     assert backbone.tokenizer.convert_tokens_to_ids(IMG_BEGIN) == director.img_begin_id
     block = director.image_block_ids()
     assert block[0] == director.img_begin_id and block[1 : 1 + cfg.model.num_queries] == director.query_ids
@@ -413,11 +416,30 @@ def test_incompatible_checkpoints_are_refused(tiny_cookgen, tmp_path: Path, caps
     meta_path.write_text(json.dumps(meta))
     assert main(["plan", "soup", "--preset", str(final), "--out", str(tmp_path / "p")]) == 2
     assert "trained on base model SomeOtherModel-7B" in capsys.readouterr().err
+    # on the real stderr (pytest captures logging in-process): exactly the one error line, after the model loaded
+    run = subprocess.run(
+        [sys.executable, "-m", "director.cli", "plan", "soup", "--preset", str(final), "--out", str(tmp_path / "p")],
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 2 and run.stderr.count("\n") == 1 and "SomeOtherModel-7B" in run.stderr, run.stderr
     meta["base_model_id"] = load_backbone(BackboneConfig(kind="tiny")).model_id
     meta["space"]["dim"] = 48  # claims another embedding dimension than its head has
     meta_path.write_text(json.dumps(meta))
     assert main(["plan", "soup", "--preset", str(final), "--out", str(tmp_path / "p")]) == 2
-    assert "does not fit" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "does not fit" in err and "size mismatch" in err and "48" in err, err  # it names the shapes
+    meta["space"]["dim"] = 32
+    meta_path.write_text(json.dumps(meta))
+    extra = final / "director_extra.safetensors"
+    extra.write_bytes(extra.read_bytes()[:1000])  # a truncated (half-copied) file
+    assert main(["plan", "soup", "--preset", str(final), "--out", str(tmp_path / "p")]) == 2
+    assert "does not fit this director (SafetensorError)" in capsys.readouterr().err
+    extra.unlink()
+    assert main(["plan", "soup", "--preset", str(final), "--out", str(tmp_path / "p")]) == 2
+    assert "is incomplete: director_extra.safetensors not found" in capsys.readouterr().err
+    assert main(["plan", "soup", "--preset", str(tmp_path / "nope" / "final"), "--out", str(tmp_path / "p")]) == 2
+    assert "no such checkpoint folder or preset file" in capsys.readouterr().err
     assert not (tmp_path / "p").exists()
 
 
