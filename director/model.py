@@ -1,9 +1,10 @@
 """The director: an interleaved auto-regressive planner (VideoAuteur §4.1), in one file.
 
 At step t the director emits an action a_t, then a caption c_t, then a visual state z_t, each conditioned on
-all earlier (a, c, z). It is a Hugging Face causal LM (any ``AutoModelForCausalLM``) with
+all earlier (a, c, z). It is a Hugging Face causal LM (any ``AutoModelForCausalLM``, or a vision-language model
+such as Qwen2-VL or LLaVA used text-only: it is fed ``inputs_embeds``, never pixels) with
 
-- **LoRA** adapters (``peft``) on the attention projections;
+- **LoRA** adapters (``peft``) on the attention projections (of a VLM's language model only, not its vision tower);
 - **learnable query tokens** (as in SEED-X): an image block ``<|img|> <|q0|> … <|q{N-1}|> <|/img|>`` whose
   tokens are added to the tokenizer but whose input embeddings are this module's own parameters
   (``image_embeds``); at planning time the block is fed directly after each caption (forced, never sampled);
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import re
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -138,6 +140,23 @@ class VisualProjector(nn.Module):
         return self.net(z).view(z.shape[0], self.tokens, self.hidden)
 
 
+def lora_targets(lm: nn.Module, names: list[str]) -> list[str] | str:
+    """peft ``target_modules`` for LoRA on the modules of ``lm`` named ``names``: ``names`` itself when every such
+    module belongs to the language model (its decoder, or the output projection), else a regex matching only
+    those (a VLM's vision tower has ``q_proj``/``v_proj`` in LLaVA's CLIP, ``gate_proj``... in Qwen2.5-VL)."""
+    decoder = lm.get_decoder() if hasattr(lm, "get_decoder") else lm
+    prefix = next((n for n, m in lm.named_modules() if m is decoder), "")
+    output = lm.get_output_embeddings() if hasattr(lm, "get_output_embeddings") else None
+    matches = [(n, m) for n, m in lm.named_modules() if n.rsplit(".", 1)[-1] in names]
+    kept = [n for n, m in matches if n.startswith(prefix + ".") or m is output]
+    if not prefix or len(kept) == len(matches):
+        return list(names)
+    alternatives = "|".join(map(re.escape, names))
+    pattern = rf"{re.escape(prefix)}\..*\.(?:{alternatives})"
+    pattern += "".join(f"|{re.escape(n)}" for n, m in matches if m is output)
+    return pattern
+
+
 def add_director_tokens(tokenizer, num_queries: int) -> None:
     """Add the image-block tokens to ``tokenizer`` (idempotent)."""
     wanted = [IMG_BEGIN, IMG_END, VIS] + [query_token(i) for i in range(num_queries)]
@@ -149,8 +168,10 @@ def add_director_tokens(tokenizer, num_queries: int) -> None:
 class Director(nn.Module):
     """LM + LoRA + query tokens + regression head + visual projector (see the module docstring).
 
-    ``lm`` is a causal LM, ``tokenizer`` its tokenizer (the image-block tokens are added to it), ``vis_dim``
-    the dimension of the visual space the head regresses onto.
+    ``lm`` is a causal LM (or a VLM's image-text-to-text model, used text-only), ``tokenizer`` its tokenizer (the
+    image-block tokens are added to it), ``vis_dim`` the dimension of the visual space the head regresses onto.
+    The director's own parts live on the LM's device (:attr:`device`); their initial values are drawn from the
+    CPU's random stream, as before devices were configurable (peft draws the LoRA init on the LM's device).
     """
 
     def __init__(self, lm: nn.Module, tokenizer, cfg: ModelConfig, vis_dim: int) -> None:
@@ -175,7 +196,7 @@ class Director(nn.Module):
                 r=cfg.lora.r,
                 lora_alpha=cfg.lora.alpha,
                 lora_dropout=cfg.lora.dropout,
-                target_modules=list(cfg.lora.target_modules),
+                target_modules=lora_targets(lm, list(cfg.lora.target_modules)),
                 bias="none",
                 task_type="CAUSAL_LM",
             )
@@ -197,18 +218,25 @@ class Director(nn.Module):
         block = [self.img_begin_id, self.img_end_id, *self.query_ids]
         # trainable input embeddings of the image-block tokens, initialised at the mean word embedding
         base = self.embedding_layer().weight.detach()
+        device = base.device
         init = base[: min(len(base), 32000)].mean(0, keepdim=True).repeat(len(block), 1)
-        self.image_embeds = nn.Parameter(init + 0.02 * torch.randn_like(init))
+        noise = 0.02 * torch.randn(init.shape, dtype=init.dtype)  # drawn on the CPU: the same on every device
+        self.image_embeds = nn.Parameter(init + noise.to(device))
         lookup = torch.full((len(tokenizer),), -1, dtype=torch.long)
         lookup[torch.tensor(block)] = torch.arange(len(block))
-        self.register_buffer("_block_index", lookup, persistent=False)
-        self.head = RegressionHead(cfg.head, hidden, cfg.head_hidden, vis_dim, cfg.num_queries)
-        self.projector = VisualProjector(vis_dim, hidden, cfg.vis_tokens)
+        self.register_buffer("_block_index", lookup.to(device), persistent=False)
+        self.head = RegressionHead(cfg.head, hidden, cfg.head_hidden, vis_dim, cfg.num_queries).to(device)
+        self.projector = VisualProjector(vis_dim, hidden, cfg.vis_tokens).to(device)
 
     # -- pieces ------------------------------------------------------------------------------------------
 
     def embedding_layer(self) -> nn.Embedding:
         return self.lm.get_input_embeddings()
+
+    @property
+    def device(self) -> torch.device:
+        """Where the LM's input embeddings live: every tensor the director or the planner builds goes here."""
+        return self.embedding_layer().weight.device
 
     def image_block_ids(self) -> list[int]:
         """``<|img|> q0 … q{N-1} <|/img|>`` followed by the ``vis_tokens`` slots of ``<|vis|>``."""
@@ -253,13 +281,14 @@ class Director(nn.Module):
         )
 
     def base_lm(self) -> nn.Module:
-        """The causal LM under the peft wrapper (the wrapper's LoRA layers live inside it)."""
+        """The causal LM (or VLM) under the peft wrapper (the wrapper's LoRA layers live inside it)."""
         return self.lm.get_base_model() if self.cfg.lora.enabled else self.lm
 
     def run_decoder(self, ids: torch.Tensor, vis: torch.Tensor | None = None, past_key_values: Any = None):
         """The LM's pass without its output projection: returns (final hidden states [B, L, H] after the last
         norm, last-layer states as ``run(hidden=True).hidden_states[-1]`` gives them, the cache). Planning uses
-        it to project onto a subset of the vocabulary (``plan.output_vocab``)."""
+        it to project onto a subset of the vocabulary (``plan.output_vocab``). ``get_decoder`` finds a VLM's nested
+        language model (``model.language_model``)."""
         decoder = self.base_lm().get_decoder()
         out = decoder(
             inputs_embeds=self.embed(ids, vis),

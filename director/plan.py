@@ -8,6 +8,9 @@ conditions on it. Everything fed or sampled is appended to one KV cache: the his
 (``use_cache=False`` re-encodes it at every token instead, the baseline of ``benchmarks/plan_bench.py``).
 ``plan.merge_lora`` folds the adapter into the base weights before planning.
 
+Every tensor the planner builds (token ids, visual states fed back, the banned-token index, the sampling
+generator) lives on the director's device (``backbone.device``); the plan's embeddings come back on the CPU.
+
 Continuation (editable plans): the kept steps of an existing plan (text and embeddings, possibly edited by
 hand) are fed as they are, and generation goes on from the next step.
 """
@@ -30,7 +33,7 @@ from director.model import Director, output_cache
 class PlannedStep:
     action: str
     caption: str
-    embedding: torch.Tensor  # [D]
+    embedding: torch.Tensor  # [D], on the CPU
     kept: bool = False  # True for steps carried over from an earlier plan
 
 
@@ -51,15 +54,16 @@ class OutputHead:
     (tied to the 49,152 x 576 input embeddings in SmolLM2: a fifth of the model's bytes)."""
 
     def __init__(self, weight: torch.Tensor, token_ids: list[int]) -> None:
-        self.index = torch.tensor(sorted(set(token_ids)), dtype=torch.long)
-        if len(self.index) and not 0 <= int(self.index[0]) <= int(self.index[-1]) < weight.shape[0]:
+        ids = sorted(set(token_ids))
+        if ids and not 0 <= ids[0] <= ids[-1] < weight.shape[0]:
             raise DirectorError(f"output vocabulary ids outside this model's {weight.shape[0]} output rows")
+        self.index = torch.tensor(ids, dtype=torch.long, device=weight.device)
         self.weight = weight.detach()[self.index].contiguous()  # [K, H]
         self.vocab = weight.shape[0]
 
     def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
         """[n, H] final hidden states -> [n, V] logits (-inf outside the rows)."""
-        out = torch.full((hidden.shape[0], self.vocab), float("-inf"))
+        out = torch.full((hidden.shape[0], self.vocab), float("-inf"), device=hidden.device)
         out[:, self.index] = (hidden.to(self.weight.dtype) @ self.weight.T).float()
         return out
 
@@ -71,6 +75,7 @@ class _Feeder:
         from transformers import DynamicCache
 
         self.d, self.use_cache, self.head = director, use_cache, head
+        self.device = director.device
         self.cache = DynamicCache() if use_cache else None
         self.ids: list[int] = []
         self.vis: list[torch.Tensor] = []
@@ -82,12 +87,13 @@ class _Feeder:
         or with ``every`` the logits after each of ``ids`` ([len(ids), V]) in place of the last ones."""
         self.ids += ids
         if vis is not None:
+            vis = vis.to(self.device)  # kept steps' embeddings come from a plan file, on the CPU
             self.vis += list(vis)
         if self.use_cache:
-            x = torch.tensor([ids])
+            x = torch.tensor([ids], device=self.device)
             v = vis
         else:  # re-encode everything so far (the baseline)
-            x = torch.tensor([self.ids])
+            x = torch.tensor([self.ids], device=self.device)
             v = torch.stack(self.vis) if self.vis else None
         self.n_forward_tokens += x.shape[1]
         if self.head is not None:
@@ -142,7 +148,8 @@ class Planner:
         if self.step_tok == self.done_tok:
             raise DirectorError("the tokenizer cannot tell 'Step' from 'Done'")
         banned = set(director.image_block_ids()) | {director.vis_id}
-        self.banned = torch.tensor(sorted(banned))
+        self.device = director.device
+        self.banned = torch.tensor(sorted(banned), device=self.device)
         self.stop_ids = {i for i in (tok.eos_token_id, tok.pad_token_id) if i is not None}
         self.penalty = RepetitionPenaltyLogitsProcessor(max(cfg.repetition_penalty, 1e-6))
         self.trained_vocab: set[int] | None = None
@@ -184,7 +191,7 @@ class Planner:
     def _sample(self, logits: torch.Tensor, gen: torch.Generator, seen: list[int] | None = None) -> int:
         logits = logits.clone()
         if seen and self.cfg.repetition_penalty != 1.0:
-            logits = self.penalty(torch.tensor([seen]), logits.unsqueeze(0))[0]
+            logits = self.penalty(torch.tensor([seen], device=logits.device), logits.unsqueeze(0))[0]
         logits[self.banned] = float("-inf")
         if self.cfg.temperature <= 0:
             return int(logits.argmax())
@@ -234,14 +241,15 @@ class Planner:
         return t in self.stop_ids or "\n" in self.tok.decode([t])
 
     def _visual(self, f: _Feeder, z: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Feed the image block; returns (predicted z [D], logits after the block). ``z`` overrides the input."""
+        """Feed the image block; returns (predicted z [D] on the CPU, logits after the block). ``z`` overrides the
+        input."""
         block = [self.d.img_begin_id, *self.d.query_ids, self.d.img_end_id]
         _, hidden = f.feed(block, want_hidden=True)
         with torch.inference_mode():
             pred = self.d.head(hidden[1 : 1 + len(self.d.query_ids)].unsqueeze(0).float())[0]
         z_in = pred if z is None else z
         logits, _ = f.feed([self.d.vis_id] * self.d.cfg.vis_tokens + self.newline, vis=z_in.unsqueeze(0))
-        return pred, logits
+        return pred.cpu(), logits
 
     def plan(
         self,
@@ -255,7 +263,7 @@ class Planner:
         ``keep`` carries over the first steps of an earlier plan ((action, caption, z) each). ``use_cache=False``
         re-encodes the history at every token (the baseline of ``benchmarks/plan_bench.py``)."""
         order = self.d.cfg.order
-        gen = torch.Generator().manual_seed(seed)
+        gen = torch.Generator(device=self.device).manual_seed(seed)  # torch.multinomial samples on the logits' device
         given = [PROMPT.format(query=query)] + [" " + t.strip() for a, c, _ in keep or [] for t in (a, c)]
         head = self._output_head(given)
         f = _Feeder(self.d, use_cache, head)

@@ -459,3 +459,124 @@ def test_real_gguf_bfloat16(real_gguf):
     _, cache, _, _ = real_gguf
     b = load_backbone(BackboneConfig(kind="gguf", cache_dir=str(cache), dtype="bfloat16"))
     assert next(b.model.parameters()).dtype == torch.bfloat16
+
+
+# ------------------------------------------------------------------------------------------------ device
+
+
+def test_device_resolves(monkeypatch):
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert bb.resolve_device("auto") == torch.device("cpu") == bb.resolve_device(" CPU ")
+    with pytest.raises(DirectorError, match="no CUDA device"):
+        bb.resolve_device("cuda")
+    with pytest.raises(DirectorError, match="no CUDA device"):
+        bb.resolve_device("cuda:0")
+    for bad in ("gpu", "cuda:x", "tpu", ""):
+        with pytest.raises(DirectorError, match="not one of auto, cpu, cuda, cuda:N"):
+            bb.resolve_device(bad)
+    # a machine with two GPUs (torch.device needs no GPU to name one)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    assert bb.resolve_device("auto") == torch.device("cuda", 0) == bb.resolve_device("cuda")
+    assert bb.resolve_device("cuda:1") == torch.device("cuda", 1)
+    assert bb.resolve_device("auto", auto_cuda=False) == torch.device("cpu")
+    with pytest.raises(DirectorError, match="only 2 CUDA devices"):
+        bb.resolve_device("cuda:2")
+    monkeypatch.setenv("LOCAL_RANK", "1")  # a process of `accelerate launch` / torchrun: its own GPU
+    assert bb.resolve_device("auto") == torch.device("cuda", 1) == bb.resolve_device("cuda")
+
+
+def test_backbone_goes_to_the_configured_device(monkeypatch):
+    b = _tiny(device="cpu")
+    assert b.model.device == torch.device("cpu")
+    # auto keeps the toy model on the CPU even where CUDA is available (nothing is moved: no GPU needed)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert _tiny().model.device == torch.device("cpu")
+    monkeypatch.undo()
+    if not torch.cuda.is_available():
+        with pytest.raises(DirectorError, match="no CUDA device") as e:
+            _tiny(device="cuda")
+        assert "\n" not in str(e.value)
+    else:  # pragma: no cover - GPU machines only
+        assert _tiny(device="cuda").model.device.type == "cuda"
+
+
+# ------------------------------------------------------------------------------ vision-language models
+
+
+def save_tiny_vlm(folder: Path, family: str) -> Path:
+    """A tiny RANDOM-weight vision-language model saved as a local transformers folder, for the director's VLM path.
+
+    ``qwen2_vl``: cookgen's tiny Qwen2-VL (Qwen2 text model, byte-level tokenizer, its processor);
+    ``llava``: LLaVA 1.5's layout: a one-layer CLIP vision tower, the tiny preset's Llama as the text model, the
+    tiny BPE tokenizer plus ``<image>``.
+    """
+    if family == "qwen2_vl":
+        from cookgen.caption import build_tiny_qwen2_vl
+
+        return build_tiny_qwen2_vl(folder)
+    from transformers import CLIPVisionConfig, LlavaConfig, LlavaForConditionalGeneration
+
+    assert family == "llava", family
+    tiny = _tiny()
+    tok, text = tiny.tokenizer, tiny.model.config
+    tok.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    text.vocab_size = len(tok)
+    vision = CLIPVisionConfig(
+        image_size=28, patch_size=14, hidden_size=32, intermediate_size=64, num_attention_heads=4
+    )
+    vision.num_hidden_layers = 1
+    config = LlavaConfig(
+        vision_config=vision, text_config=text, image_token_index=tok.convert_tokens_to_ids("<image>")
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = LlavaForConditionalGeneration(config).eval()
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+VLM_CLASSES = {"qwen2_vl": "Qwen2VLForConditionalGeneration", "llava": "LlavaForConditionalGeneration"}
+
+
+@pytest.mark.parametrize("family", list(VLM_CLASSES))
+def test_pretrained_vlm_folder_loads_text_only(tmp_path, family):
+    folder = save_tiny_vlm(tmp_path / f"tiny-{family}", family)
+    b = load_backbone(BackboneConfig(kind="pretrained", name_or_path=str(folder)))
+    assert type(b.model).__name__ == VLM_CLASSES[family]
+    assert b.model_id.startswith(f"tiny-{family}/") and not b.model.training
+    assert b.model.config.get_text_config().use_cache is True and b.model.device == torch.device("cpu")
+    # the director's use: text in, through inputs_embeds only (no pixels), the same as through token ids
+    ids = torch.tensor([b.tokenizer("Step 1. Drain the tuna.", add_special_tokens=False)["input_ids"]])
+    with torch.no_grad():
+        by_embeds = b.model(inputs_embeds=b.model.get_input_embeddings()(ids)).logits
+        by_ids = b.model(input_ids=ids).logits
+    assert by_embeds.shape == (1, ids.shape[1], b.model.get_output_embeddings().weight.shape[0])
+    torch.testing.assert_close(by_embeds, by_ids)
+    # the nested language model is the decoder the director's planner runs
+    assert b.model.get_decoder() is b.model.model.language_model
+    # forcing the causal-LM class (the only one before VLM support) fails in one line
+    with pytest.raises(DirectorError, match="cannot load pretrained backbone folder") as e:
+        load_backbone(BackboneConfig(kind="pretrained", name_or_path=str(folder), model_class="causal_lm"))
+    assert "\n" not in str(e.value)
+
+
+def test_model_class_option(tmp_path):
+    _save_tiny(tmp_path / "llama")
+    forced = load_backbone(
+        BackboneConfig(kind="pretrained", name_or_path=str(tmp_path / "llama"), model_class="causal_lm")
+    )
+    assert type(forced.model).__name__ == "LlamaForCausalLM"
+    with pytest.raises(DirectorError, match="cannot load pretrained backbone folder") as e:  # a Llama is no VLM
+        load_backbone(
+            BackboneConfig(kind="pretrained", name_or_path=str(tmp_path / "llama"), model_class="image_text_to_text")
+        )
+    assert "\n" not in str(e.value)
+    from transformers import ViTConfig
+
+    ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4).save_pretrained(tmp_path / "vit")
+    with pytest.raises(DirectorError, match="'vit' is neither a causal LM nor an image-text-to-text model"):
+        load_backbone(BackboneConfig(kind="pretrained", name_or_path=str(tmp_path / "vit")))
