@@ -71,6 +71,8 @@ def _parser() -> ArgumentParser:
     pl.add_argument("--json", action="store_true", help="print plan.json instead of the readable plan")
     pl.add_argument("--continue", dest="cont", type=Path, metavar="PLAN_DIR", help="continue an existing plan")
     pl.add_argument("--from-step", type=int, help="with --continue: keep steps 1..K, regenerate the rest")
+    pl.add_argument("--image", type=Path, help="an initial image (the paper's initial image-text pair) to plan from")
+    pl.add_argument("--image-caption", default="", help="with --image: what the initial image shows")
     pl.add_argument("overrides", nargs="*", metavar="key=value")
 
     tr = sub.add_parser("train", help="train the director on CookGen splits")
@@ -95,6 +97,23 @@ def _parser() -> ArgumentParser:
 
     sub.add_parser("presets", help="list the presets")
     return p
+
+
+def _embed_initial_image(path: Path, cfg: DirectorConfig, space):
+    """The initial image's embedding (a [D] tensor) by ``cfg.vision``'s encoder, which must give the director's
+    space."""
+    from PIL import Image, UnidentifiedImageError
+
+    from auteur.vision import load_encoder
+
+    try:
+        with Image.open(path) as im:
+            image = im.convert("RGB")
+    except (OSError, UnidentifiedImageError) as e:
+        raise UsageError(f"--image {path}: not a readable image ({type(e).__name__})") from None
+    encoder = load_encoder(cfg.vision)
+    space.check_same(encoder.space, what=f"the embedding of --image {path}")
+    return encoder.embed_images([image])[0].float().cpu()
 
 
 def _print_plan(folder: Path, note: str) -> None:
@@ -140,6 +159,10 @@ def _plan(args) -> int:
         raise UsageError('the query is empty: give what to plan, e.g. "how to cook a tuna sandwich"')
     if args.steps is not None and args.steps < 1:
         raise UsageError(f"--steps must be at least 1, got {args.steps}")
+    if args.image_caption and args.image is None:
+        raise UsageError("--image-caption goes with --image PATH")
+    if args.image is not None and not args.image.is_file():
+        raise UsageError(f"--image {args.image}: no such image file")
     out = check_plan_out(args.out or Path("runs") / "plans" / _slug(query))
     cfg = resolve_config(args.preset, args.overrides)
     if args.temperature is not None:
@@ -158,13 +181,16 @@ def _plan(args) -> int:
         old_space = load_plan(args.cont).space
         space.check_same(old_space, what=f"embeddings of {args.cont}")
     n_prompt = len(backbone.tokenizer(query)["input_ids"])
-    limit = getattr(backbone.model.config, "max_position_embeddings", 2048)
+    limit = getattr(backbone.model.config.get_text_config(), "max_position_embeddings", 2048)  # a VLM: its LM
     if n_prompt > limit // 4:
         raise UsageError(f"the query has {n_prompt} tokens; the model's context ({limit}) cannot hold a plan for it")
+    initial = None
+    if args.image is not None:  # embedded in the director's visual space by the configured encoder
+        initial = (args.image_caption, _embed_initial_image(args.image, cfg, space))
     if args.steps is not None and len(keep) >= args.steps:
         raise UsageError(f"--steps {args.steps} leaves nothing to generate after keeping {len(keep)} steps")
     planner = Planner(director, cfg.plan)
-    result = planner.plan(query, steps=args.steps, seed=args.seed, keep=keep)
+    result = planner.plan(query, steps=args.steps, seed=args.seed, keep=keep, initial=initial)
     steps = [
         Step(index=i + 1, action=s.action, caption=s.caption, meta={"kept": True} if s.kept else {})
         for i, s in enumerate(result.steps)
@@ -187,6 +213,8 @@ def _plan(args) -> int:
     }
     if args.cont is not None:
         provenance["continued_from"] = {"plan": str(args.cont), "kept_steps": len(keep)}
+    if args.image is not None:
+        provenance["initial_image"] = {"path": str(args.image), "caption": args.image_caption}
     plan = Plan(
         query=query,
         steps=steps,

@@ -32,6 +32,9 @@ class DataConfig:
     # planner writes after every step, its <|vis|> slots filled with the mean training embedding, no visual loss:
     # without it the planner reads back, after step 1, a context that text-only training never showed
     fill_blocks: bool = True
+    # also train each window that starts a recipe whose first step has an embedding once more with that step's
+    # (caption, embedding) as the initial image-text pair after the prompt (``director plan --image``)
+    initial_image: bool = False
 
 
 @dataclass

@@ -25,6 +25,8 @@ from auteur.plan import VisualSpace
 from director.backbone import DirectorError
 
 PROMPT = "Recipe: {query}\n"
+# the paper's optional "initial image-text pair", right after the prompt: this text, its caption, its image block
+INITIAL = "Initial image:"
 
 
 @dataclass
@@ -103,18 +105,32 @@ class SequenceBuilder:
             pieces += [(self.ids("Caption:"), True), (self.ids(" " + caption.strip()), True), (self.ids("\n"), True)]
         return pieces
 
+    def initial_pieces(self, caption: str) -> list[int]:
+        """The text before the initial image's block: ``Initial image:`` and its caption, if any."""
+        return self.ids(INITIAL) + (self.ids(" " + caption.strip()) if caption.strip() else []) + self.ids("\n")
+
     def episode_window(
-        self, ep: Episode, start: int, length: int, fill: torch.Tensor | None = None
+        self,
+        ep: Episode,
+        start: int,
+        length: int,
+        fill: torch.Tensor | None = None,
+        initial: tuple[str, torch.Tensor] | None = None,
     ) -> dict[str, object]:
         """Ids, labels and targets for steps ``start .. start+length-1`` of ``ep`` (0-based).
 
         A step without an embedding gets no image block, unless ``fill`` [D] is given: then it gets the block
         the planner writes after every step, its ``<|vis|>`` slots filled with ``fill`` and no visual loss
-        (``supervised`` is False for it). So text-only recipes train in the format the planner reads back."""
+        (``supervised`` is False for it). So text-only recipes train in the format the planner reads back.
+        ``initial`` (caption, z): the initial image-text pair after the prompt, given (no loss on it)."""
         ids: list[int] = list(self.ids(PROMPT.format(query=ep.query)))
-        labels: list[int] = [-100] * len(ids)
         targets = []
         supervised = []
+        if initial is not None:
+            ids += self.initial_pieces(initial[0]) + self.block + self.ids("\n")
+            targets.append(initial[1])
+            supervised.append(False)
+        labels: list[int] = [-100] * len(ids)
         end = min(len(ep.steps), start + length)
         for k in range(start, end):
             action, caption, emb = ep.steps[k]

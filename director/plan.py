@@ -25,7 +25,7 @@ from transformers import RepetitionPenaltyLogitsProcessor
 
 from director.backbone import DirectorError
 from director.config import PlanConfig
-from director.data import PROMPT
+from director.data import INITIAL, PROMPT
 from director.model import Director, output_cache
 
 
@@ -258,10 +258,12 @@ class Planner:
         seed: int = 0,
         keep: list[tuple[str, str, torch.Tensor]] | None = None,
         use_cache: bool = True,
+        initial: tuple[str, torch.Tensor] | None = None,
     ) -> PlanResult:
         """Plan ``query``; ``steps`` fixes the count (else the model ends it, within ``plan.max_steps``);
         ``keep`` carries over the first steps of an earlier plan ((action, caption, z) each). ``use_cache=False``
-        re-encodes the history at every token (the baseline of ``benchmarks/plan_bench.py``)."""
+        re-encodes the history at every token (the baseline of ``benchmarks/plan_bench.py``). ``initial``
+        (caption, z): the paper's initial image-text pair, fed after the prompt (``director plan --image``)."""
         order = self.d.cfg.order
         gen = torch.Generator(device=self.device).manual_seed(seed)  # torch.multinomial samples on the logits' device
         given = [PROMPT.format(query=query)] + [" " + t.strip() for a, c, _ in keep or [] for t in (a, c)]
@@ -271,6 +273,10 @@ class Planner:
         stats["output_rows"] = len(head.index) if head is not None else len(self.tok)
         t0 = time.perf_counter()
         logits, _ = f.feed(self._ids(PROMPT.format(query=query)))
+        if initial is not None:
+            caption = self._ids(" " + initial[0].strip()) if initial[0].strip() else []
+            f.feed(self._ids(INITIAL) + caption + self.newline)  # the pieces training tokenizes apart
+            _, logits = self._visual(f, initial[1])
         stats["prefill_seconds"] += time.perf_counter() - t0
         result: list[PlannedStep] = []
         seen_actions: list[int] = []

@@ -106,10 +106,14 @@ def _load_samples(
     cfg: DirectorConfig, builder: SequenceBuilder, space: VisualSpace, split: str, fill: torch.Tensor | None
 ) -> list[dict]:
     episodes = _episodes(cfg, space, split)
-    return [
-        builder.episode_window(episodes[e], s, cfg.dataset.context_steps, fill)
-        for e, s in windows(episodes, cfg.dataset.context_steps, cfg.dataset.stride)
-    ]
+    out = []
+    for e, s in windows(episodes, cfg.dataset.context_steps, cfg.dataset.stride):
+        out.append(builder.episode_window(episodes[e], s, cfg.dataset.context_steps, fill))
+        first = episodes[e].steps[0]
+        if cfg.dataset.initial_image and s == 0 and first[2] is not None:  # the same window, given the first image
+            initial = (first[1], first[2])
+            out.append(builder.episode_window(episodes[e], s, cfg.dataset.context_steps, fill, initial))
+    return out
 
 
 def training_samples(

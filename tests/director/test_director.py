@@ -281,6 +281,54 @@ def test_kv_cache_gives_the_same_plan_as_reencoding() -> None:
     assert without.stats["forward_tokens"] > 3 * without.stats["context_tokens"]
 
 
+def test_an_initial_image_text_pair_is_trained_and_planned_in_one_format(tiny_cookgen, tmp_path: Path, capsys) -> None:
+    director, backbone, cfg = tiny_director()
+    b = SequenceBuilder(backbone.tokenizer, director.image_block_ids(), "action_caption")
+    z0, z1 = torch.randn(32), torch.randn(32)
+    ep = Episode("how to make toast", [("Toast the bread.", "Bread in a toaster.", z1)])
+    plain = b.episode_window(ep, 0, 1)
+    given = b.episode_window(ep, 0, 1, initial=("Sliced bread on a board.", z0))
+    text = backbone.tokenizer.decode(given["input_ids"])
+    assert text.index("Recipe:") < text.index("Initial image: Sliced bread on a board.") < text.index(IMG_BEGIN)
+    assert text.index(IMG_BEGIN) < text.index("Step 1.")
+    # given, never trained: the same labels as without it, and the block's z fills its slots without a loss
+    assert [t for t in given["labels"] if t != -100] == [t for t in plain["labels"] if t != -100]
+    assert given["supervised"] == [False, True] and torch.equal(given["targets"][0], z0)
+    # the planner feeds the same tokens, with the KV cache as when re-encoding, and the pair changes the plan
+    planner = Planner(director, cfg.plan)
+    initial = ("Sliced bread on a board.", z0)
+    cached = planner.plan("how to make toast", steps=2, seed=0, initial=initial)
+    encoded = planner.plan("how to make toast", steps=2, seed=0, initial=initial, use_cache=False)
+    assert [(s.action, s.caption) for s in cached.steps] == [(s.action, s.caption) for s in encoded.steps]
+    torch.testing.assert_close(cached.embeddings, encoded.embeddings, rtol=1e-4, atol=1e-5)
+    without = planner.plan("how to make toast", steps=2, seed=0)
+    assert not torch.allclose(cached.embeddings, without.embeddings)
+    # training with dataset.initial_image: each recipe-starting window with a first embedding, once more given it
+    cfg_off = _train_cfg(tiny_cookgen, tmp_path / "off")
+    cfg_on = _train_cfg(tiny_cookgen, tmp_path / "on", **{"dataset.initial_image": "true"})
+    from director.train import _load_samples, resolve_space
+
+    space = resolve_space(cfg_on)
+    off = _load_samples(cfg_off, b, space, "train", None)
+    on = _load_samples(cfg_on, b, space, "train", None)
+    firsts = len(load_episodes(tiny_cookgen[0], "train", None))  # every tiny recipe has a first keyframe
+    assert len(on) == len(off) + firsts
+    # the CLI: --image embeds the picture with the configured encoder into the director's space
+    from PIL import Image
+
+    img = tmp_path / "board.png"
+    Image.new("RGB", (64, 48), (180, 140, 90)).save(img)
+    out = tmp_path / "plan"
+    argv = ["plan", "toast", "--preset", "tiny", "--steps", "2", "--out", str(out), "--image", str(img)]
+    assert main([*argv, "--image-caption", "a board"]) == 0
+    assert load_plan(out).provenance["initial_image"] == {"path": str(img), "caption": "a board"}
+    capsys.readouterr()
+    for bad, needle in [(["--image", str(tmp_path / "no.png")], "no such image file"),
+                        (["--image-caption", "x"], "--image-caption goes with --image")]:  # fmt: skip
+        assert main(["plan", "toast", "--preset", "tiny", "--out", str(tmp_path / "p2"), *bad]) == 2
+        assert needle in capsys.readouterr().err and not (tmp_path / "p2").exists()
+
+
 def test_merged_lora_plans_as_the_unmerged_adapter() -> None:
     director, _, cfg = tiny_director()
     with torch.no_grad():  # a non-zero adapter, so that merging changes the base weights
