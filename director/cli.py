@@ -62,7 +62,10 @@ def _parser() -> ArgumentParser:
 
     pl = sub.add_parser("plan", help="plan a recipe: actions, captions and visual states")
     pl.add_argument("query", nargs="?", help='e.g. "how to cook a tuna sandwich"')
-    pl.add_argument("--preset", default="default")
+    pl.add_argument(
+        "--preset",
+        help="default, tiny, a YAML or a checkpoint (default: default; with --continue, the plan's own preset)",
+    )
     pl.add_argument("--steps", type=int, help="number of steps (default: the model decides, within plan.max_steps)")
     pl.add_argument("--out", type=Path, help="plan folder (default: runs/plans/<query>)")
     pl.add_argument("--seed", type=int, default=0)
@@ -164,6 +167,8 @@ def _plan(args) -> int:
     if args.image is not None and not args.image.is_file():
         raise UsageError(f"--image {args.image}: no such image file")
     out = check_plan_out(args.out or Path("runs") / "plans" / _slug(query))
+    if args.preset is None:  # a continued plan keeps the director that wrote it
+        args.preset = (old.provenance.get("preset") if args.cont is not None else None) or "default"
     cfg = resolve_config(args.preset, args.overrides)
     if args.temperature is not None:
         if args.temperature < 0:

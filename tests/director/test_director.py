@@ -415,8 +415,6 @@ def test_cli_plan_writes_a_valid_plan_folder(tmp_path: Path, capsys) -> None:
                 str(out),
                 "--from-step",
                 "1",
-                "--preset",
-                "tiny",
                 "--steps",
                 "3",
                 "--out",
@@ -425,8 +423,9 @@ def test_cli_plan_writes_a_valid_plan_folder(tmp_path: Path, capsys) -> None:
         )
         == 0
     )
-    plan2 = load_plan(out2)
+    plan2 = load_plan(out2)  # without --preset, the continued plan's own (tiny) director
     assert plan2.steps[0].action == "Open a can of tuna." and len(plan2.steps) == 3
+    assert plan2.provenance["preset"] == "tiny"
     assert torch.equal(plan2.embeddings[0], plan.embeddings[0])
 
 
