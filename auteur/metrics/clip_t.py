@@ -58,7 +58,7 @@ class ClipScorer:
             vcfg = VisionConfig(backend="open_clip_json", model_json=cfg.model_json, seed=cfg.seed)
             name = None
         else:
-            raise MetricSkipped("no CLIP weights given (set clip.checkpoint to a local open_clip checkpoint)")
+            raise MetricSkipped("no CLIP weights given (set metrics.clip.checkpoint to a local open_clip checkpoint)")
         vcfg.device, vcfg.batch_size = cfg.device, cfg.batch_size
         try:
             self.encoder = load_encoder(vcfg)

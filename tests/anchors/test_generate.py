@@ -137,6 +137,7 @@ def _story(tmp_path: Path, data) -> Path:
         ("overlap", ["--frames", "9", "generate.overlap=8"], "generate.overlap=8 must be at least 1"),
         ("patch", ["--frames", "5", "model.transformer.patch_size=[2,2,2]"], "temporal patch size is 2"),
         ("unknown preset", ["--preset", "nope"], "unknown preset 'nope'"),
+        ("missing checkpoint", ["--preset", "runs/nope/final"], "no such checkpoint folder or preset file"),
         ("default", ["--preset", "default"], "no video diffusion weights are available offline"),
         ("paper without path", ["--preset", "paper"], "model.pretrained=PATH"),
         ("missing checkpoint", ["checkpoint=/nonexistent/final"], "not found or not an anchors checkpoint"),
