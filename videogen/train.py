@@ -101,6 +101,7 @@ class FlowMatchingTrainer:
         self.text_encoder.requires_grad_(False)
         if cfg.precision == "bf16":  # the frozen text encoder (UMT5-XXL: ~22 GB in fp32) in bf16; its outputs -> fp32
             self.text_encoder.to(torch.bfloat16)
+        torch.manual_seed(cfg.seed)  # the LoRA's initial A matrices are reproducible (pretrained weights too)
         add_lora(self.transformer, cfg.lora)
         torch.manual_seed(cfg.seed)
         self.projector = EmbeddingProjector(

@@ -138,3 +138,18 @@ def test_incomplete_folder_is_one_line_on_the_real_stderr(wan_folder: Path, tmp_
         err = capfd.readouterr().err
         assert err.startswith("error: ") and message in err and err.count("\n") == 1, err
     assert not (plan_dir / "clips").exists()
+
+
+def test_training_on_the_pretrained_folder_starts_the_same_lora_in_every_run_of_a_seed(wan_folder: Path):
+    """The pretrained path builds nothing from a seed, so the LoRA's random A matrices need one of their own."""
+    from videogen.train import FlowMatchingTrainer
+
+    cfg = load_config(VideogenConfig, "paper", [f"wan.model_id={wan_folder}", "precision=fp32"], preset_dir=PRESETS)
+
+    def lora(seed: int) -> dict[str, torch.Tensor]:
+        torch.manual_seed(seed)  # whatever the global random state before
+        model = FlowMatchingTrainer(cfg, _space())
+        return {n: p.detach().clone() for n, p in model.transformer.named_parameters() if "lora_A" in n}
+
+    a, b = lora(1), lora(2)
+    assert a and a.keys() == b.keys() and all(torch.equal(a[n], b[n]) for n in a)
