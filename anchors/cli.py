@@ -35,8 +35,6 @@ def resolve_config(preset: str, overrides: list[str]) -> AnchorsConfig:
     if preset == "default":
         raise AnchorsError(NO_DEFAULT)
     path = Path(preset)
-    if not path.exists() and (preset.endswith((".yaml", ".yml")) or "/" in preset or "\\" in preset):
-        raise AnchorsError(f"--preset {preset}: no such checkpoint folder or preset file")
     if path.is_dir():
         from anchors.model import check_checkpoint
 

@@ -230,6 +230,8 @@ def read_preset(name_or_path: str | Path, preset_dir: str | Path) -> dict[str, A
     if not path.exists():
         path = Path(text)
         if not (path.suffix in {".yaml", ".yml"} and path.exists()):
+            if not path.exists() and (path.suffix in {".yaml", ".yml"} or len(path.parts) > 1):
+                raise ConfigError(f"no such checkpoint folder or preset file: {text}")
             names = ", ".join(list_presets(preset_dir)) or "none"
             raise ConfigError(f"unknown preset '{text}': not a preset name ({names}) nor an existing .yaml file")
     try:

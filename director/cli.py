@@ -31,8 +31,6 @@ PACKAGE = Path(__file__).parent
 def resolve_config(preset: str, overrides: list[str]) -> DirectorConfig:
     """A preset name or YAML, or a checkpoint folder (then the default preset with that checkpoint)."""
     path = Path(preset)
-    if not path.exists() and (preset.endswith((".yaml", ".yml")) or "/" in preset or "\\" in preset):
-        raise UsageError(f"--preset {preset}: no such checkpoint folder or preset file")
     if path.is_dir():
         if not (path / "director.json").is_file():
             raise UsageError(f"--preset {preset}: a folder must be a director checkpoint (no director.json in it)")
