@@ -35,6 +35,7 @@ from torch import nn
 
 from anchors.config import AnchorsError, ModelConfig
 from auteur.tokenizers import byte_level_tokenizer
+from auteur.training import model_folder_gaps
 
 log = logging.getLogger(__name__)
 
@@ -331,12 +332,8 @@ def _pretrained_components(cfg: ModelConfig) -> tuple[nn.Module, nn.Module, Text
             "(e.g. Wan-AI/Wan2.1-T2V-1.3B-Diffusers downloaded beforehand); nothing is fetched at run time"
         )
     root = Path(cfg.pretrained).expanduser()
-    missing = [f"{s}/" for s in ("transformer", "vae", "text_encoder", "tokenizer") if not (root / s).is_dir()]
-    missing += [
-        f"weights in {s}/"
-        for s in ("transformer", "vae", "text_encoder")
-        if (root / s).is_dir() and not any(f.suffix in (".safetensors", ".bin") for f in (root / s).iterdir())
-    ]
+    weighted = ("transformer", "vae", "text_encoder")
+    missing = model_folder_gaps(root, (*weighted, "tokenizer"), weighted)
     if missing:
         raise AnchorsError(
             f"model.pretrained={cfg.pretrained}: not a complete local diffusers Wan folder (missing "

@@ -167,6 +167,19 @@ def check_run_request(data: list[str], out: str, error: type[Exception]) -> None
             raise error(f"training data folder not found: {d}")
 
 
+def model_folder_gaps(root: Path, parts: tuple[str, ...], weighted: tuple[str, ...]) -> list[str]:
+    """What a local diffusers model folder lacks (an incomplete download), named for a one-line error: each
+    subfolder of ``parts`` that is missing or empty (``"vae/"``), and ``"weights in X/"`` for each of ``weighted``
+    that holds no ``.safetensors`` / ``.bin`` file. Checked before the libraries load it and log errors of their
+    own."""
+    gaps = [f"{p}/" for p in parts if not (root / p).is_dir() or not any((root / p).iterdir())]
+    return gaps + [
+        f"weights in {p}/"
+        for p in weighted
+        if f"{p}/" not in gaps and not any(f.suffix in (".safetensors", ".bin") for f in (root / p).iterdir())
+    ]
+
+
 def load_lora_state(
     model: torch.nn.Module, state: dict[str, torch.Tensor], where: str | Path, error: type[Exception]
 ) -> int:

@@ -146,12 +146,8 @@ def check_flux_folder(model: str) -> None:
     if not root.is_dir():
         return
     lacking = [] if (root / "model_index.json").is_file() else ["model_index.json"]
-    for part in FLUX_PARTS:
-        files = {p.suffix for p in (root / part).glob("*")}
-        if not files:
-            lacking.append(f"{part}/")
-        elif part.startswith(("transformer", "vae", "text_encoder")) and not files & {".safetensors", ".bin"}:
-            lacking.append(f"weights in {part}/")
+    weighted = tuple(p for p in FLUX_PARTS if p.startswith(("transformer", "vae", "text_encoder")))
+    lacking += training.model_folder_gaps(root, FLUX_PARTS, weighted)
     if lacking:
         raise RendererError(
             f"flux.model={model}: not a complete diffusers FLUX.1 Fill folder (no {', '.join(lacking)})"

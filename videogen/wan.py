@@ -97,8 +97,7 @@ def _load_pretrained(cfg: WanConfig, dtype: torch.dtype) -> dict[str, Any]:
     src, kw = cfg.model_id, {"local_files_only": True}
     root = Path(src).expanduser()
     if root.is_dir():  # an incomplete folder is named here, before the libraries log errors of their own
-        lacking = [f"{p}/" for p in WAN_PARTS if not (root / p).is_dir()]
-        lacking += [f"weights in {p}/" for p in WAN_WEIGHTS if (root / p).is_dir() and not _has_weights(root / p)]
+        lacking = training.model_folder_gaps(root, WAN_PARTS, WAN_WEIGHTS)
         if lacking:
             raise VideogenError(f"wan.model_id={src}: not a complete diffusers Wan folder (no {', '.join(lacking)})")
     loaders = {
@@ -123,10 +122,6 @@ def _load_pretrained(cfg: WanConfig, dtype: torch.dtype) -> dict[str, Any]:
     comps["text_encoder"].eval()
     comps["vae"].eval()
     return comps
-
-
-def _has_weights(folder: Path) -> bool:
-    return any(folder.glob("*.safetensors")) or any(folder.glob("*.bin"))
 
 
 def build_components(cfg: WanConfig, dtype: torch.dtype = torch.float32) -> dict[str, Any]:
