@@ -20,7 +20,7 @@ import json
 import sys
 from pathlib import Path
 
-from auteur.cliutil import ArgumentParser, UsageError, run_cli, setup_logging
+from auteur.cliutil import ArgumentParser, UsageError, parse_with_overrides, run_cli, setup_logging
 from auteur.config import list_presets, load_config
 
 PRESETS = Path(__file__).parent / "presets"
@@ -163,12 +163,7 @@ def _bank(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     def body() -> int:
-        args, extra = _parser().parse_known_args(argv)
-        if extra:
-            # `cookgen bank CLIPS --out B key=value`: argparse leaves key=value after options over
-            if args.command != "bank" or any(x.startswith("-") or "=" not in x for x in extra):
-                raise UsageError(f"cookgen: unrecognized arguments: {' '.join(extra)}")
-            args.overrides = [*args.overrides, *extra]
+        args = parse_with_overrides(_parser(), argv)  # key=value may also follow the options
         setup_logging(getattr(args, "verbose", False))
         if args.command == "build":
             return _build(args)

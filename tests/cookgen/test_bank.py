@@ -135,7 +135,7 @@ def test_bad_input_one_line_exit_2_nothing_written(clips: Path, tmp_path: Path, 
     rc, _, err = run(["bank", clips, "--out", out, "--interval", "0.25", *FAST], capsys)
     assert rc == 2 and "was built with interval 0.5 (now 0.25)" in err and err.count("\n") == 1
     assert (out / BANK_FILE).read_bytes() == before
-    # build's arguments stay strict: key=value after options is a bank-only convenience
+    # key=value after the options goes to the commands that take overrides; stats takes none
     rc, _, err = run(["stats", tmp_path, "x=1"], capsys)
     assert rc == 2 and "unrecognized arguments: x=1" in err
 
