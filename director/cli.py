@@ -100,18 +100,24 @@ def _parser() -> ArgumentParser:
     return p
 
 
-def _embed_initial_image(path: Path, cfg: DirectorConfig, space):
-    """The initial image's embedding (a [D] tensor) by ``cfg.vision``'s encoder, which must give the director's
-    space."""
+def _read_image(path: Path):
+    """The ``--image`` file as an RGB PIL image; a missing or unreadable file is a usage error."""
     from PIL import Image, UnidentifiedImageError
 
-    from auteur.vision import load_encoder
-
+    if not path.is_file():
+        raise UsageError(f"--image {path}: no such image file")
     try:
         with Image.open(path) as im:
-            image = im.convert("RGB")
+            return im.convert("RGB")
     except (OSError, UnidentifiedImageError) as e:
         raise UsageError(f"--image {path}: not a readable image ({type(e).__name__})") from None
+
+
+def _embed_initial_image(image, path: Path, cfg: DirectorConfig, space):
+    """The initial image's embedding (a [D] tensor) by ``cfg.vision``'s encoder, which must give the director's
+    space."""
+    from auteur.vision import load_encoder
+
     encoder = load_encoder(cfg.vision)
     space.check_same(encoder.space, what=f"the embedding of --image {path}")
     return encoder.embed_images([image])[0].float().cpu()
@@ -162,8 +168,7 @@ def _plan(args) -> int:
         raise UsageError(f"--steps must be at least 1, got {args.steps}")
     if args.image_caption and args.image is None:
         raise UsageError("--image-caption goes with --image PATH")
-    if args.image is not None and not args.image.is_file():
-        raise UsageError(f"--image {args.image}: no such image file")
+    image = _read_image(args.image) if args.image is not None else None  # before any model loads
     out = check_plan_out(args.out or Path("runs") / "plans" / _slug(query))
     if args.preset is None:  # a continued plan keeps the director that wrote it
         args.preset = (old.provenance.get("preset") if args.cont is not None else None) or "default"
@@ -189,7 +194,7 @@ def _plan(args) -> int:
         raise UsageError(f"the query has {n_prompt} tokens; the model's context ({limit}) cannot hold a plan for it")
     initial = None
     if args.image is not None:  # embedded in the director's visual space by the configured encoder
-        initial = (args.image_caption, _embed_initial_image(args.image, cfg, space))
+        initial = (args.image_caption, _embed_initial_image(image, args.image, cfg, space))
     if args.steps is not None and len(keep) >= args.steps:
         raise UsageError(f"--steps {args.steps} leaves nothing to generate after keeping {len(keep)} steps")
     planner = Planner(director, cfg.plan)

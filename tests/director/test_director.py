@@ -323,7 +323,9 @@ def test_an_initial_image_text_pair_is_trained_and_planned_in_one_format(tiny_co
     assert main([*argv, "--image-caption", "a board"]) == 0
     assert load_plan(out).provenance["initial_image"] == {"path": str(img), "caption": "a board"}
     capsys.readouterr()
+    (tmp_path / "junk.png").write_text("not an image")
     for bad, needle in [(["--image", str(tmp_path / "no.png")], "no such image file"),
+                        (["--image", str(tmp_path / "junk.png")], "not a readable image"),
                         (["--image-caption", "x"], "--image-caption goes with --image")]:  # fmt: skip
         assert main(["plan", "toast", "--preset", "tiny", "--out", str(tmp_path / "p2"), *bad]) == 2
         assert needle in capsys.readouterr().err and not (tmp_path / "p2").exists()
