@@ -54,4 +54,13 @@ def run_cli(body: Callable[[], int | None]) -> int:
 
 
 def setup_logging(verbose: bool = False) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    """INFO (DEBUG with ``verbose``) on stderr; under torchrun / accelerate launch, processes other than the main
+    one log warnings and errors only, tagged with their rank (their INFO lines would repeat the main one's)."""
+    import os
+
+    rank = int(os.environ.get("RANK", "0"))
+    level = logging.DEBUG if verbose else logging.INFO
+    fmt = "%(levelname)s %(name)s: %(message)s"
+    if rank:
+        level, fmt = max(level, logging.WARNING), f"[rank {rank}] {fmt}"
+    logging.basicConfig(level=level, format=fmt)

@@ -48,30 +48,52 @@ def save_checkpoint(
     space: VisualSpace,
     output_vocab: Iterable[int] | None = None,
     block_fill: torch.Tensor | None = None,
+    state: dict[str, torch.Tensor] | None = None,
     **meta: Any,
 ) -> Path:
-    """Write the trained parts of ``director`` into ``folder`` (atomically, replacing it); ``output_vocab``: the
-    token ids of its training labels (``output_vocab.json``); ``block_fill``: the fill of its text-only steps'
-    image blocks (``block_fill.safetensors``)."""
+    """Write the trained parts of ``director`` into ``folder`` (atomically, replacing it); see
+    :func:`write_checkpoint`."""
     folder = Path(folder)
     with atomic_dir(folder) as tmp:
-        if director.cfg.lora.enabled:
-            director.lm.save_pretrained(str(tmp), save_embedding_layers=False)
-            (tmp / "README.md").unlink(missing_ok=True)
-        save_file({k: v.contiguous().cpu() for k, v in director.extra_state().items()}, str(tmp / EXTRA))
-        info = {
-            "format": FORMAT,
-            "base_model_id": base_model_id,
-            "space": space.to_json(),
-            "model": to_dict(director.cfg),
-            **meta,
-        }
-        (tmp / META).write_text(json.dumps(info, indent=2) + "\n")
-        if output_vocab is not None:
-            write_output_vocab(tmp, output_vocab)
-        if block_fill is not None:
-            write_block_fill(tmp, block_fill)
+        write_checkpoint(director, tmp, base_model_id, space, output_vocab, block_fill, state, **meta)
     return folder
+
+
+def write_checkpoint(
+    director: Director,
+    folder: Path,
+    base_model_id: str,
+    space: VisualSpace,
+    output_vocab: Iterable[int] | None = None,
+    block_fill: torch.Tensor | None = None,
+    state: dict[str, torch.Tensor] | None = None,
+    **meta: Any,
+) -> None:
+    """Write the checkpoint files into the existing folder ``folder``: ``output_vocab``, the token ids of its
+    training labels (``output_vocab.json``); ``block_fill``, the fill of its text-only steps' image blocks
+    (``block_fill.safetensors``); ``state``, the trained tensors by their names in the director (a full state
+    that training gathered from every process and shard) instead of the director's own parameters."""
+    if director.cfg.lora.enabled:
+        lm_state = None if state is None else {k[len("lm.") :]: v for k, v in state.items() if k.startswith("lm.")}
+        director.lm.save_pretrained(str(folder), save_embedding_layers=False, state_dict=lm_state)
+        (folder / "README.md").unlink(missing_ok=True)
+    if state is None:
+        extra = director.extra_state()
+    else:
+        extra = {k: v for k, v in state.items() if k == "image_embeds" or k.startswith(("head.", "projector."))}
+    save_file({k: v.detach().contiguous().cpu() for k, v in sorted(extra.items())}, str(folder / EXTRA))
+    info = {
+        "format": FORMAT,
+        "base_model_id": base_model_id,
+        "space": space.to_json(),
+        "model": to_dict(director.cfg),
+        **meta,
+    }
+    (folder / META).write_text(json.dumps(info, indent=2) + "\n")
+    if output_vocab is not None:
+        write_output_vocab(folder, output_vocab)
+    if block_fill is not None:
+        write_block_fill(folder, block_fill)
 
 
 def write_block_fill(folder: str | Path, fill: torch.Tensor) -> None:

@@ -3,7 +3,8 @@
     director plan "how to cook a tuna sandwich" [--preset default|tiny|PATH] [--steps N] [--out DIR] [--seed S]
                   [--temperature T] [--json] [--no-captions] [key=value ...]
     director plan --continue PLAN_DIR --from-step K [--preset ...] [--out DIR]
-    director train --config tiny|default|paper|PATH data=COOKGEN_DIR[,DIR] out=RUN_DIR [key=value ...]
+    director train --preset tiny|default|paper|PATH data=COOKGEN_DIR[,DIR] out=RUN_DIR [key=value ...]
+    torchrun --nproc_per_node N -m director train --preset paper data=... out=...   # several processes
     director eval --preset P --annotations youcookii_annotations_trainval.json [--labels CSV] [--split validation]
                   [--limit N] [--baselines] [--out DIR]
     director validate --preset P data=COOKGEN_DIR [--split val]   # text loss, embedding L2 / cosine (Tables 5-6)
@@ -22,6 +23,7 @@ from pathlib import Path
 
 from auteur.cliutil import ArgumentParser, UsageError, parse_with_overrides, run_cli, setup_logging
 from auteur.config import list_presets, load_config, save_config
+from auteur.training import is_main_process
 from director.config import PRESETS, DirectorConfig
 
 log = logging.getLogger(__name__)
@@ -77,8 +79,10 @@ def _parser() -> ArgumentParser:
     pl.add_argument("overrides", nargs="*", metavar="key=value")
 
     tr = sub.add_parser("train", help="train the director on CookGen splits")
-    tr.add_argument("--config", default="default")
-    tr.add_argument("--no-progress", action="store_true")
+    tr.add_argument(
+        "--preset", "--config", dest="preset", default="default", help="tiny, default, paper, an ablation, or a YAML"
+    )
+    tr.add_argument("--no-progress", action="store_true", help="no progress bar")
     tr.add_argument("overrides", nargs="*", metavar="key=value", help="data=DIR out=RUN_DIR train.max_steps=... ")
 
     ev = sub.add_parser("eval", help="score plans against YouCook2 ground truth")
@@ -244,8 +248,10 @@ def _plan(args) -> int:
 def _train(args) -> int:
     from director.train import train
 
-    cfg = load_config(DirectorConfig, args.config, args.overrides, preset_dir=PRESETS)
+    cfg = load_config(DirectorConfig, args.preset, args.overrides, preset_dir=PRESETS)
     final = train(cfg, progress=not args.no_progress)
+    if not is_main_process():
+        return 0  # under torchrun / accelerate launch the main process reports
     meta = json.loads((final / "director.json").read_text())
     val = meta.get("validation") or {}
     print(f"trained director -> {final}")

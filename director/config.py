@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from auteur.training import TrainLoop
 from auteur.vision import VisionConfig
 from director.backbone import BackboneConfig
 from director.model import LossConfig, ModelConfig
@@ -38,18 +39,18 @@ class DataConfig:
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(TrainLoop):
+    """The shared loop settings (:class:`auteur.training.TrainLoop`) with the director's defaults: warm-up then a
+    half cosine to zero; ``batch_size`` windows per micro-batch over all processes."""
+
     lr: float = 2e-4
-    weight_decay: float = 0.0
     warmup_steps: int = 10
+    schedule: Literal["constant", "cosine"] = "cosine"
     max_steps: int = 200
     batch_size: int = 4
-    grad_accum: int = 1
-    grad_clip: float = 1.0
     save_every: int = 50
     eval_every: int = 50
     log_every: int = 10
-    threads: int = 0  # torch CPU threads (0: torch's default)
     # start from a trained director (its adapter, queries, head, projector; same base model and visual space);
     # the optimizer and schedule start fresh
     init_from: str | None = None

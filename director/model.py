@@ -219,7 +219,8 @@ class Director(nn.Module):
         # trainable input embeddings of the image-block tokens, initialised at the mean word embedding
         base = self.embedding_layer().weight.detach()
         device = base.device
-        init = base[: min(len(base), 32000)].mean(0, keepdim=True).repeat(len(block), 1)
+        # fp32 whatever the LM's dtype (a trainable parameter); cast to the LM's dtype where it is looked up
+        init = base[: min(len(base), 32000)].float().mean(0, keepdim=True).repeat(len(block), 1)
         noise = 0.02 * torch.randn(init.shape, dtype=init.dtype)  # drawn on the CPU: the same on every device
         self.image_embeds = nn.Parameter(init + noise.to(device))
         lookup = torch.full((len(tokenizer),), -1, dtype=torch.long)
@@ -238,6 +239,11 @@ class Director(nn.Module):
         """Where the LM's input embeddings live: every tensor the director or the planner builds goes here."""
         return self.embedding_layer().weight.device
 
+    @property
+    def projector_dtype(self) -> torch.dtype:
+        """The dtype the visual projector computes in (its first layer's weight)."""
+        return self.projector.net[1].weight.dtype
+
     def image_block_ids(self) -> list[int]:
         """``<|img|> q0 … q{N-1} <|/img|>`` followed by the ``vis_tokens`` slots of ``<|vis|>``."""
         return [self.img_begin_id, *self.query_ids, self.img_end_id] + [self.vis_id] * self.cfg.vis_tokens
@@ -246,6 +252,11 @@ class Director(nn.Module):
         """Input embeddings [B, L, H] for token ids [B, L]; ``vis`` [M, D] fills the ``<|vis|>`` slots in
         row-major order (``vis_tokens`` slots per embedding)."""
         emb = self.embedding_layer()(ids)
+        if self.training and torch.is_grad_enabled() and not emb.requires_grad:
+            # the frozen embedding's output takes part in backward on every batch, with or without image blocks:
+            # FSDP reduces a layer's gradients once its inputs' gradient is computed, so every process must reach
+            # the first layer's inputs at the same point of the backward pass (else the reductions cross)
+            emb = emb.requires_grad_()
         idx = self._block_index[ids]
         mask = idx >= 0
         if mask.any():
@@ -258,8 +269,9 @@ class Director(nn.Module):
                 raise ValueError(
                     f"{n_slots} <|vis|> slots need {n_slots // self.cfg.vis_tokens} embeddings, got {got}"
                 )
-            tokens = self.projector(vis.to(emb.dtype)).reshape(-1, self.hidden)
-            emb = emb.masked_scatter(vis_mask.unsqueeze(-1), tokens)
+            # the projector keeps its own dtype (fp32 beside a bf16 LM); its tokens join the LM's inputs in the LM's
+            tokens = self.projector(vis.to(self.projector_dtype)).reshape(-1, self.hidden)
+            emb = emb.masked_scatter(vis_mask.unsqueeze(-1), tokens.to(emb.dtype))
         return emb
 
     def run(
@@ -299,11 +311,16 @@ class Director(nn.Module):
         )
         return out.last_hidden_state, out.hidden_states[-1], output_cache(out)
 
+    @property
+    def head_dtype(self) -> torch.dtype:
+        """The dtype the regression head computes in (fp32 unless cast)."""
+        return next(self.head.parameters()).dtype
+
     def predict_visual(self, last_hidden: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         """z predictions [S, D] from the last-layer hidden states [B, L, H] at the query positions of ``ids``."""
         q_mask = torch.isin(ids, torch.tensor(self.query_ids, device=ids.device))
         q = last_hidden[q_mask].view(-1, self.cfg.num_queries, self.hidden)
-        return self.head(q.float())
+        return self.head(q.to(self.head_dtype)).float()
 
     # -- training ------------------------------------------------------------------------------------------
 
@@ -338,7 +355,11 @@ class Director(nn.Module):
             mse = F.mse_loss(pred, tgt)
             total = total + cfg.cos_weight * (1 - cos).mean() + cfg.mse_weight * mse
             parts.update(cos=cos.mean().detach(), mse=mse.detach(), l2=(pred - tgt).norm(dim=-1).mean().detach())
-        parts["loss"] = total
+        # every parameter of the director's own parts takes part in every loss, with weight zero where a batch has no
+        # use for it (no visual target: the head; no <|vis|> slot: the projector), so DDP's reducer sees a gradient
+        # for each on every process (mixed CookGen batches: text-only, caption-only, visual)
+        touch = sum(p.sum() for m in (self.head, self.projector) for p in m.parameters()) + self.image_embeds.sum()
+        parts["loss"] = total + 0.0 * touch
         return parts
 
     # -- what a checkpoint holds ---------------------------------------------------------------------------

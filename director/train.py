@@ -1,11 +1,13 @@
 """``director train``: fit the director on CookGen splits, resumable to the bit.
 
-    director train --config tiny|default|paper|PATH data=COOKGEN_DIR[,DIR] out=RUN_DIR [key=value ...]
-    accelerate launch --config_file director/accelerate/zero2.yaml -m director.train --config paper data=... out=...
+    director train --preset tiny|default|paper|PATH data=COOKGEN_DIR[,DIR] out=RUN_DIR [key=value ...]
+    torchrun --nproc_per_node 8 -m director train --preset paper data=... out=... [train.strategy=fsdp]
 
-Every ``train.save_every`` steps the trainable state is written to ``RUN/checkpoints/step-NNNNNN`` (adapter,
-query embeddings, head, projector, optimizer, scheduler, RNG states and the step); ``resume=auto`` (the
-default) continues from the newest one. The data order of each epoch is a permutation fixed by
+The loop is the shared one (:func:`auteur.training.fit`: processes, schedule, precision, checkpoints, logs);
+this module supplies the director's data, loss and checkpoint files (:class:`DirectorTask`). Every
+``train.save_every`` steps ``RUN/checkpoints/step-NNNNNN`` holds the adapter, query embeddings, head and
+projector, the optimizer, every process's RNG states and the step; ``resume=auto`` (the default) continues
+from the newest one. The data order of each epoch is a permutation fixed by
 ``(seed, epoch)``, and dropout draws from the restored RNG, so on CPU a resumed run reaches bit-identical
 weights to an uninterrupted one (tested). Validation (text loss, embedding L2 and cosine, the columns of the
 paper's Tables 5–6) runs every ``train.eval_every`` steps; metrics go to ``RUN/log.csv`` and TensorBoard
@@ -17,9 +19,7 @@ from __future__ import annotations
 import logging
 import math
 import random
-import shutil
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +27,7 @@ import torch
 
 from auteur import training
 from auteur.builds import build_space
-from auteur.config import from_dict, save_config, to_dict
-from auteur.io import atomic_dir
+from auteur.config import from_dict, to_dict
 from auteur.plan import VisualSpace
 from auteur.training import SimulatedKill as SimulatedKill  # re-exported: tests catch `director.train.SimulatedKill`
 from director.backbone import DirectorError
@@ -41,7 +40,7 @@ from director.checkpoint import (
     read_block_fill,
     read_meta,
     read_output_vocab,
-    save_checkpoint,
+    write_checkpoint,
 )
 from director.config import DirectorConfig, ModelConfig
 from director.data import (
@@ -73,18 +72,6 @@ def resolve_space(cfg: DirectorConfig) -> VisualSpace:
     from auteur.vision import load_encoder
 
     return load_encoder(cfg.vision).space
-
-
-def _lr_lambda(cfg: DirectorConfig):
-    warm, total = cfg.train.warmup_steps, cfg.train.max_steps
-
-    def f(step: int) -> float:
-        if step < warm:
-            return (step + 1) / warm
-        progress = (step - warm) / max(1, total - warm)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-    return f
 
 
 def _episodes(cfg: DirectorConfig, space: VisualSpace, split: str) -> list[Episode]:
@@ -184,181 +171,124 @@ def validate_checkpoint(cfg: DirectorConfig, split: str | None = None) -> dict[s
     return out
 
 
+class DirectorTask(training.TrainTask):
+    """The director's part of the shared training loop (:func:`auteur.training.fit`): windows of CookGen steps,
+    the loss ``text_weight·CE + α(1 − cos) + β·MSE``, checkpoints in the director's format."""
+
+    name = "director train"
+    error = DirectorError
+    metrics = ("loss", "text_loss", "cos", "mse", "l2")
+
+    def __init__(self, cfg: DirectorConfig) -> None:
+        self.cfg = cfg
+        self.space = resolve_space(cfg)
+        self.director: Any = None
+
+    def build(self, device: torch.device) -> torch.nn.Module:
+        cfg = self.cfg
+        self.director, backbone, _ = build_director(
+            cfg.backbone, cfg.model, self.space, checkpoint=None, seed=cfg.seed
+        )
+        director = self.director
+        if cfg.train.init_from:
+            init = read_meta(cfg.train.init_from)
+            if init["base_model_id"] != backbone.model_id:
+                raise DirectorError(
+                    f"train.init_from {cfg.train.init_from} was trained on {init['base_model_id']}, "
+                    f"not on the configured backbone {backbone.model_id}"
+                )
+            VisualSpace(init["space"]["name"], int(init["space"]["dim"])).check_same(
+                self.space, "the data's visual states"
+            )
+            check_growable(from_dict(ModelConfig, init["model"]), cfg.model, cfg.train.init_from)
+            load_checkpoint_into(director, cfg.train.init_from, partial_adapter=True)
+        self.model_id = backbone.model_id
+        builder = SequenceBuilder(
+            backbone.tokenizer, director.image_block_ids(), cfg.model.order, cfg.dataset.max_tokens
+        )
+        self.fill = block_fill(cfg, self.space)
+        self.samples = training_samples(cfg, builder, self.space, self.fill)
+        self.output_vocab = label_vocabulary(self.samples)
+        if cfg.train.init_from:  # what the starting checkpoint learned to write, it can still write
+            self.output_vocab |= set(read_output_vocab(cfg.train.init_from) or [])
+        val_all = _load_samples(cfg, builder, self.space, cfg.dataset.val_split, self.fill)
+        # windows with visual states first: they are few, and the embedding metrics need them
+        visual_first = [s for s in val_all if has_visual_targets(s)] + [
+            s for s in val_all if not has_visual_targets(s)
+        ]
+        self.val_samples = visual_first[: cfg.dataset.max_val_samples]
+        self.pad_id = backbone.tokenizer.pad_token_id if backbone.tokenizer.pad_token_id is not None else 0
+        self.lengths = [len(s["input_ids"]) for s in self.samples]
+        director.train()
+        if director.device != device:
+            director.to(device)
+        return director
+
+    def fsdp_units(self, module: torch.nn.Module) -> list[torch.nn.Module]:
+        names = set(self.director._no_split_modules)
+        return [m for m in module.modules() if type(m).__name__ in names]
+
+    def num_samples(self) -> int:
+        return len(self.samples)
+
+    def global_batch(self, step: int, micro: int, batch_size: int, seed: int) -> list[int]:
+        # the director's own data order (``director.data.epoch_order`` / ``grouped_order``), as the shipped default
+        # was trained: epochs of ``n // batch_size`` full batches
+        per_epoch = max(1, len(self.samples) // batch_size)
+        epoch, pos = divmod(step * self.grad_accum, per_epoch)
+        if self.cfg.dataset.group_by_length:
+            order = grouped_order(self.lengths, batch_size, seed, epoch)
+        else:
+            order = epoch_order(len(self.samples), seed, epoch)
+        b = (pos + micro) % per_epoch
+        return order[b * batch_size : (b + 1) * batch_size]
+
+    def batch(self, indices: list[int], positions: list[int], step: int, device: torch.device) -> dict:
+        return {k: v.to(device) for k, v in collate([self.samples[i] for i in indices], self.pad_id).items()}
+
+    def forward(self, model: torch.nn.Module, batch: dict) -> dict[str, torch.Tensor]:
+        return model(batch, self.cfg.loss)  # through the wrapper (DDP / FSDP hooks), not the unwrapped module
+
+    def load_weights(self, folder: Path) -> None:
+        load_checkpoint_into(self.director, folder)
+
+    def save_weights(self, folder: Path, state: dict[str, torch.Tensor], step: int, final: bool) -> None:
+        cfg = self.cfg
+        meta: dict[str, Any] = {"step": step, "backbone": to_dict(cfg.backbone)}
+        if final:
+            meta["trained_on"] = {"data": list(cfg.data), "train_samples": len(self.samples), "steps": step}
+            meta["validation"] = self.final_validation
+        write_checkpoint(
+            self.director, folder, self.model_id, self.space, self.output_vocab, self.fill, state=state, **meta
+        )
+
+    def val_batches(self) -> int:
+        return math.ceil(len(self.val_samples) / self.cfg.train.batch_size)
+
+    def val_batch(self, i: int, device: torch.device) -> dict:
+        bs = self.cfg.train.batch_size
+        return {k: v.to(device) for k, v in collate(self.val_samples[i * bs : (i + 1) * bs], self.pad_id).items()}
+
+
 def train(cfg: DirectorConfig, stop_after: int | None = None, progress: bool = True) -> Path:
     """Train a director as ``cfg`` says; returns the final checkpoint folder (``RUN/final``)."""
-    from accelerate import Accelerator
-    from tqdm.auto import tqdm
-
     training.check_run_request(cfg.data, cfg.out, DirectorError)
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
-    run = training.prepare_run_dir(cfg.out)
-    accelerator = Accelerator(
-        cpu=not torch.cuda.is_available(),
-        mixed_precision="bf16" if cfg.precision == "bf16" else "no",
-        gradient_accumulation_steps=cfg.train.grad_accum,
-    )
-    main_proc = accelerator.is_main_process
-
-    # 1. model and data
-    space = resolve_space(cfg)
-    director, backbone, _ = build_director(cfg.backbone, cfg.model, space, checkpoint=None, seed=cfg.seed)
     if cfg.train.init_from:
-        init = read_meta(cfg.train.init_from)
-        if init["base_model_id"] != backbone.model_id:
-            raise DirectorError(
-                f"train.init_from {cfg.train.init_from} was trained on {init['base_model_id']}, "
-                f"not on the configured backbone {backbone.model_id}"
-            )
-        VisualSpace(init["space"]["name"], int(init["space"]["dim"])).check_same(space, "the data's visual states")
-        check_growable(from_dict(ModelConfig, init["model"]), cfg.model, cfg.train.init_from)
-        load_checkpoint_into(director, cfg.train.init_from, partial_adapter=True)
-    builder = SequenceBuilder(backbone.tokenizer, director.image_block_ids(), cfg.model.order, cfg.dataset.max_tokens)
-    fill = block_fill(cfg, space)
-    train_samples = training_samples(cfg, builder, space, fill)
-    output_vocab = label_vocabulary(train_samples)
-    if cfg.train.init_from:  # what the starting checkpoint learned to write, it can still write
-        output_vocab |= set(read_output_vocab(cfg.train.init_from) or [])
-    val_all = _load_samples(cfg, builder, space, cfg.dataset.val_split, fill)
-    # windows with visual states first: they are few, and the embedding metrics need them
-    val_samples = ([s for s in val_all if has_visual_targets(s)] + [s for s in val_all if not has_visual_targets(s)])[
-        : cfg.dataset.max_val_samples
-    ]
-    pad_id = backbone.tokenizer.pad_token_id if backbone.tokenizer.pad_token_id is not None else 0
-
-    # 2. optimizer, schedule, and the state to resume
-    director.train()
-    params = director.trainable_parameters()
-    optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg))
-    step = 0
-    ckpt = training.resume_checkpoint(run, cfg.resume, DirectorError)
-    if ckpt is not None:
-        load_checkpoint_into(director, ckpt)
-        optimizer.load_state_dict(torch.load(ckpt / training.OPTIMIZER_FILE, weights_only=False))
-        scheduler.load_state_dict(torch.load(ckpt / training.SCHEDULER_FILE, weights_only=False))
-        training.set_rng_state(torch.load(ckpt / training.RNG_FILE, weights_only=False))
-        step = training.read_step(ckpt)
-        log.info("resumed from %s (step %d)", ckpt, step)
-    model, optimizer, scheduler = accelerator.prepare(director, optimizer, scheduler)
-    if main_proc:
-        save_config(cfg, run)
-    n_trainable = sum(p.numel() for p in params)
-    log.info(
-        "%d training samples, %d validation; %d trainable parameters",
-        len(train_samples),
-        len(val_samples),
-        n_trainable,
-    )
-
-    writer = None
-    if main_proc:
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            writer = SummaryWriter(str(run / "tb"))
-        except ImportError:  # tensorboard is optional at run time; the CSV log is always written
-            log.warning("tensorboard not installed: logging to log.csv only")
-    csv_path = run / "log.csv"
-    fields = ["step", "split", "loss", "text_loss", "cos", "mse", "l2", "lr", "seconds"]
-    if main_proc:
-        training.start_csv_log(csv_path, fields)
-
-    def log_row(row: dict[str, Any]) -> None:
-        if not main_proc:
-            return
-        training.append_csv_row(csv_path, [row.get(k, "") for k in fields])
-        if writer is not None:
-            for k in ("loss", "text_loss", "cos", "mse", "l2", "lr"):
-                if row.get(k, "") != "":
-                    writer.add_scalar(f"{row['split']}/{k}", float(row[k]), row["step"])
-
-    def validate() -> dict[str, float]:
-        model.eval()
-        metrics = validation_metrics(accelerator.unwrap_model(model), val_samples, cfg, pad_id)
-        model.train()
-        return metrics
-
-    def save_weights(target: Path, at: int, **meta: Any) -> None:
-        unwrapped = accelerator.unwrap_model(model)
-        backbone_cfg = to_dict(cfg.backbone)
-        save_checkpoint(
-            unwrapped, target, backbone.model_id, space, output_vocab, fill, step=at, backbone=backbone_cfg, **meta
+        read_meta(cfg.train.init_from)  # a bad init_from is one line before anything is written
+    with training.run_dir(cfg.out) as run:
+        task = DirectorTask(cfg)
+        result = training.fit(
+            task,
+            cfg.train,
+            run,
+            seed=cfg.seed,
+            precision=cfg.precision,
+            resume=cfg.resume,
+            config=cfg,
+            stop_after=stop_after,
+            progress=progress,
         )
-
-    def save(at: int) -> None:
-        if not main_proc:
-            return
-        target = training.checkpoint_dir(run, at)
-        save_weights(target, at)
-        with atomic_dir(target) as tmp:  # add the optimizer state beside the weights, in one rename
-            for f in target.iterdir():
-                shutil.copy2(f, tmp / f.name)
-            training.write_train_state(tmp, at, optimizer, scheduler, training.rng_state())
-        training.prune_checkpoints(run, keep=2)
-
-    # 3. the loop
-    per_epoch = max(1, len(train_samples) // cfg.train.batch_size)
-    lengths = [len(s["input_ids"]) for s in train_samples]
-    bar = tqdm(
-        total=cfg.train.max_steps,
-        initial=step,
-        desc="director train",
-        unit="step",
-        disable=not (progress and main_proc),
-    )
-    t0 = time.perf_counter()
-    while step < cfg.train.max_steps:
-        epoch, pos = divmod(step * cfg.train.grad_accum, per_epoch)
-        if cfg.dataset.group_by_length:
-            order = grouped_order(lengths, cfg.train.batch_size, cfg.seed, epoch)
-        else:
-            order = epoch_order(len(train_samples), cfg.seed, epoch)
-        parts: dict[str, torch.Tensor] = {}
-        for micro in range(cfg.train.grad_accum):
-            b = (pos + micro) % per_epoch
-            idx = order[b * cfg.train.batch_size : (b + 1) * cfg.train.batch_size]
-            idx = idx[accelerator.process_index :: accelerator.num_processes] or idx[:1]
-            batch = {k: v.to(accelerator.device) for k, v in collate([train_samples[i] for i in idx], pad_id).items()}
-            with accelerator.accumulate(model):
-                parts = model(batch, cfg.loss)  # through the wrapper (DDP / FSDP hooks), not the unwrapped module
-                accelerator.backward(parts["loss"])
-                if accelerator.sync_gradients and cfg.train.grad_clip > 0:
-                    accelerator.clip_grad_norm_(params, cfg.train.grad_clip)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad()
-        step += 1
-        bar.update()
-        if training.due(step, cfg.train.log_every, cfg.train.max_steps):
-            row = {k: f"{float(v.detach()) if torch.is_tensor(v) else float(v):.6f}" for k, v in parts.items()}
-            row.update(
-                step=step,
-                split="train",
-                lr=f"{scheduler.get_last_lr()[0]:.3e}",
-                seconds=f"{time.perf_counter() - t0:.1f}",
-            )
-            log_row(row)
-            bar.set_postfix(loss=f"{float(parts['loss'].detach()):.3f}")
-        if training.due(step, cfg.train.eval_every, cfg.train.max_steps):
-            val = validate()
-            if val:
-                log_row({**{k: f"{v:.6f}" for k, v in val.items()}, "step": step, "split": "val"})
-        training.save_or_stop(step, cfg.train.save_every, cfg.train.max_steps, save, stop_after, bar)
-    bar.close()
-    accelerator.wait_for_everyone()
-    final = run / "final"
-    if main_proc:
-        val = validate()
-        save_weights(
-            final,
-            step,
-            trained_on={"data": list(cfg.data), "train_samples": len(train_samples), "steps": step},
-            validation=val,
-        )
-    if writer is not None:
-        writer.close()
-    return final
+    return result.final
 
 
 def trained_tensors(folder: str | Path) -> dict[str, torch.Tensor]:
