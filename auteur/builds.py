@@ -29,3 +29,47 @@ def build_space(folder: str | Path) -> VisualSpace | None:
         return VisualSpace(space["name"], int(space["dim"])) if space else None
     except (json.JSONDecodeError, UnicodeDecodeError, AttributeError, KeyError, TypeError, ValueError) as e:
         raise BuildError(f"{path} is not a valid CookGen manifest: {e}") from None
+
+
+#: the columns of a CookGen split that name files inside the build folder
+FILE_COLUMNS = ("clip", "keyframe")
+
+
+def inside(folder: str | Path, relative: str, what: str = "a path") -> Path:
+    """``folder / relative``, refused (BuildError) unless it stays inside ``folder``: a hand-edited or hostile
+    build cannot make a stage open ``../../etc/passwd``."""
+    root = Path(folder).resolve()
+    path = (root / relative).resolve()
+    if path != root and root not in path.parents:
+        raise BuildError(f"{folder}: {what} {relative!r} points outside the build folder")
+    return path
+
+
+def read_videos(folder: str | Path, split: str, columns: list[str] | None = None) -> list[list[dict]]:
+    """The videos of one split of a CookGen build, each a list of its step rows in step order (``step_index``).
+
+    ``columns`` picks the columns read (all when None; ``video_id`` and ``step_index`` are always read). File
+    columns (``clip``, ``keyframe``) that are set come back as absolute paths inside the build folder
+    (:func:`inside`). A split the build does not have gives no videos. The one reader of CookGen splits that the
+    four trainers share.
+    """
+    from datasets import load_from_disk
+
+    folder = Path(folder)
+    build_space(folder)  # BuildError unless folder is a CookGen build
+    if not (folder / split).is_dir():
+        return []
+    ds = load_from_disk(str(folder / split))
+    if columns is not None:
+        missing = [c for c in columns if c not in ds.column_names]
+        if missing:
+            raise BuildError(f"{folder}/{split} has no column {missing[0]!r} (a CookGen build of another version?)")
+        wanted = list(dict.fromkeys(["video_id", "step_index", *columns]))
+        ds = ds.select_columns(wanted)
+    by_video: dict[str, list[dict]] = {}
+    for row in ds.to_list():
+        for col in FILE_COLUMNS:
+            if row.get(col):
+                row[col] = inside(folder, row[col], f"{split} {col}")
+        by_video.setdefault(row["video_id"], []).append(row)
+    return [sorted(rows, key=lambda r: r["step_index"]) for rows in by_video.values()]

@@ -416,19 +416,25 @@ def model_folder_gaps(root: Path, parts: tuple[str, ...], weighted: tuple[str, .
 
 
 def load_lora_state(
-    model: torch.nn.Module, state: dict[str, torch.Tensor], where: str | Path, error: type[Exception]
+    model: torch.nn.Module,
+    state: dict[str, torch.Tensor],
+    where: str | Path,
+    error: type[Exception],
+    allow_missing: bool = False,
 ) -> int:
     """Load a saved LoRA state (peft's adapter-name-free keys) into ``model``; returns the tensors loaded.
 
-    Every LoRA tensor of the model must be set and every saved key used, else ``error`` (the package's
-    AuteurError) is raised naming ``where``: a prefix or adapter-name mismatch would otherwise load nothing
-    silently (``set_peft_model_state_dict`` only reports, never raises).
+    Every saved key must be used and (unless ``allow_missing``: a model with LoRA on more modules than the saved
+    state, as ``director train.init_from`` grows an adapter) every LoRA tensor of the model set, else ``error``
+    (the package's AuteurError) is raised naming ``where``: a prefix or adapter-name mismatch would otherwise
+    load nothing silently (``set_peft_model_state_dict`` only reports, never raises). The one LoRA loader of the
+    director, renderer and videogen.
     """
     from peft.utils import set_peft_model_state_dict
 
     result = set_peft_model_state_dict(model, state)
     unexpected = list(getattr(result, "unexpected_keys", None) or [])
-    missing = [k for k in getattr(result, "missing_keys", None) or [] if "lora_" in k]
+    missing = [] if allow_missing else [k for k in getattr(result, "missing_keys", None) or [] if "lora_" in k]
     if unexpected or missing:
         first = (unexpected or missing)[0]
         raise error(
@@ -561,8 +567,14 @@ def fit(
     error = task.error
     if loop.threads:
         torch.set_num_threads(loop.threads)
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    # precision is the preset's (autocast below), not accelerate's mixed_precision, which would autocast a second time
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision="no")
     rank, world, device = accelerator.process_index, accelerator.num_processes, accelerator.device
+    if accelerator.distributed_type.value in ("FSDP", "DEEPSPEED"):
+        raise error(
+            f"accelerate's {accelerator.distributed_type.value} plugin is not supported: launch with a plain multi-GPU "
+            "config (auteur/accelerate/multi_gpu.yaml) or torchrun, and set train.strategy=fsdp to shard"
+        )
     main = accelerator.is_main_process
     if loop.batch_size % world:
         raise error(

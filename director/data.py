@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from auteur.builds import build_space
+from auteur.builds import build_space, read_videos
 from auteur.plan import VisualSpace
 from director.backbone import DirectorError
 
@@ -45,29 +45,20 @@ def dish_query(dish: str) -> str:
 def load_episodes(folder: str | Path, split: str, space: VisualSpace | None) -> list[Episode]:
     """Episodes of one split of a CookGen build; embeddings must be in ``space`` (checked), else dropped
     when the build is text-only. A missing split gives an empty list."""
-    from datasets import load_from_disk
-
     folder = Path(folder)
     got = build_space(folder)
     if got is not None and space is not None:
         space.check_same(got, what=f"embeddings of {folder}")
-    if not (folder / split).is_dir():
-        return []
-    ds = load_from_disk(str(folder / split))
-    cols = ["video_id", "dish", "step_index", "action", "caption"]
-    has_emb = "embedding" in ds.column_names and got is not None
-    data = ds.select_columns(cols + (["embedding"] if has_emb else [])).to_dict()
-    by_video: dict[str, list[int]] = {}
-    for i, vid in enumerate(data["video_id"]):
-        by_video.setdefault(vid, []).append(i)
+    has_emb = got is not None
+    cols = ["dish", "action", "caption"] + (["embedding"] if has_emb else [])
     episodes = []
-    for vid, rows in by_video.items():
-        rows.sort(key=lambda i: data["step_index"][i])
-        dish = data["dish"][rows[0]] or vid
+    for rows in read_videos(folder, split, cols):
+        vid = rows[0]["video_id"]
+        dish = rows[0]["dish"] or vid
         steps = []
-        for i in rows:
-            emb = torch.tensor(data["embedding"][i], dtype=torch.float32) if has_emb else None
-            steps.append((data["action"][i], data["caption"][i], emb))
+        for r in rows:
+            emb = torch.tensor(r["embedding"], dtype=torch.float32) if has_emb and r["embedding"] is not None else None
+            steps.append((r["action"], r["caption"], emb))
         episodes.append(Episode(dish_query(dish), steps, source=f"{folder.name}/{vid}"))
     return episodes
 

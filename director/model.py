@@ -390,15 +390,9 @@ class Director(nn.Module):
         of this model must be given."""
         if not self.cfg.lora.enabled:
             return
-        from peft import set_peft_model_state_dict
+        from auteur.training import load_lora_state
 
-        result = set_peft_model_state_dict(self.lm, tensors)
-        unexpected = getattr(result, "unexpected_keys", [])
-        if unexpected:
-            raise ValueError(f"adapter has {len(unexpected)} unexpected tensors, e.g. {unexpected[0]}")
-        missing = [k for k in getattr(result, "missing_keys", []) if "lora_" in k]
-        if missing and not allow_missing:
-            raise ValueError(f"adapter lacks {len(missing)} LoRA tensors, e.g. {missing[0]}")
+        load_lora_state(self.lm, tensors, "adapter", ValueError, allow_missing=allow_missing)
 
     def merge_lora(self) -> None:
         """Fold the LoRA weights into the base weights (peft ``merge_adapter``), for faster inference: the LM

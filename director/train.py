@@ -302,7 +302,7 @@ def trained_tensors(folder: str | Path) -> dict[str, torch.Tensor]:
     return out
 
 
-if __name__ == "__main__":  # `accelerate launch -m director.train ...`
+if __name__ == "__main__":  # `python -m director.train ...` (also `python -m director train ...`)
     from director.cli import main
 
     sys.exit(main(["train", *sys.argv[1:]]))
