@@ -195,6 +195,19 @@ def read_space(path: str | Path) -> VisualSpace:
     return VisualSpace(meta["space"], int(meta["dim"]))
 
 
+def _confined(folder: Path, relative: str | None, where: str) -> str | None:
+    """``relative`` unchanged when it names a path inside the plan folder; PlanError otherwise (an absolute path,
+    or ``..`` leading out): a stage opens the files a plan names, and a hand-edited or shared plan must not make it
+    read ``/etc/passwd``."""
+    if relative is None:
+        return None
+    root = folder.resolve()
+    target = (root / relative).resolve()
+    if Path(relative).is_absolute() or (target != root and root not in target.parents):
+        raise PlanError(f"{where} {relative!r} points outside the plan folder; paths in a plan are relative to it")
+    return relative
+
+
 def load_plan(folder: str | Path) -> Plan:
     """Read and validate a plan folder; raise PlanError naming the problem."""
     from safetensors.torch import load_file
@@ -220,8 +233,8 @@ def load_plan(folder: str | Path) -> Plan:
                 index=_require(rs, "index", int, w),
                 action=_require(rs, "action", str, w),
                 caption=_require(rs, "caption", str, w, optional=True) or "",
-                keyframe=_require(rs, "keyframe", str, w, optional=True),
-                clip=_require(rs, "clip", str, w, optional=True),
+                keyframe=_confined(folder, _require(rs, "keyframe", str, w, optional=True), f"{w}.keyframe"),
+                clip=_confined(folder, _require(rs, "clip", str, w, optional=True), f"{w}.clip"),
                 meta=_require(rs, "meta", dict, w, optional=True) or {},
             )
         )
@@ -242,6 +255,9 @@ def load_plan(folder: str | Path) -> Plan:
         if "embeddings" not in tensors:
             raise PlanError(f"{emb_path} has no tensor named 'embeddings'")
         embeddings = tensors["embeddings"]
+        bad = (~torch.isfinite(embeddings)).any(dim=-1).nonzero().flatten().tolist() if embeddings.ndim == 2 else []
+        if bad:
+            raise PlanError(f"{emb_path}: the embedding of step {bad[0] + 1} holds NaN or infinite values")
     elif space is not None:
         raise PlanError(f"{PLAN_FILE} records an embedding_space but {EMBEDDINGS_FILE} is missing")
     plan = Plan(

@@ -102,3 +102,31 @@ def test_visual_space_mixing_is_an_error() -> None:
     SPACE.check_same(VisualSpace(SPACE.name, 4))
     with pytest.raises(PlanError, match="cannot be mixed"):
         SPACE.check_same(VisualSpace("open_clip/ViT-L-14/0123", 768))
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [("keyframe", "../../../../etc/passwd"), ("clip", "/etc/passwd"), ("keyframe", "keyframes/../../outside.png")],
+)
+def test_paths_in_a_plan_must_stay_inside_its_folder(tmp_path, field, value):
+    """A hand-edited or shared plan.json cannot make a stage open a file outside the plan folder."""
+    folder = tmp_path / "plan"
+    save_plan(Plan(query="q", steps=[Step(1, "chop")]), folder)
+    data = json.loads((folder / "plan.json").read_text())
+    data["steps"][0][field] = value
+    (folder / "plan.json").write_text(json.dumps(data))
+    with pytest.raises(PlanError, match=rf"steps\[0\].{field} .* points outside the plan folder"):
+        load_plan(folder)
+    data["steps"][0][field] = "keyframes/0001.png"  # inside: fine (whether it exists is the stage's concern)
+    (folder / "plan.json").write_text(json.dumps(data))
+    assert getattr(load_plan(folder).steps[0], field) == "keyframes/0001.png"
+
+
+def test_non_finite_embeddings_are_refused(tmp_path):
+    folder = tmp_path / "plan"
+    emb = torch.zeros(2, 4)
+    emb[1, 2] = float("nan")
+    space = VisualSpace("test/space", 4)
+    save_plan(Plan(query="q", steps=[Step(1, "a"), Step(2, "b")], embeddings=emb, space=space), folder)
+    with pytest.raises(PlanError, match="embedding of step 2 holds NaN or infinite values"):
+        load_plan(folder)
