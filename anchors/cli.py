@@ -2,8 +2,9 @@
 
     anchors generate --story STORY.json [--frames N] [--condition PLAN_DIR:1,2] [--preset tiny|paper|PATH|CKPT]
                      --out DIR [--seed S] [key=value ...]
-    anchors train --config tiny|stage1-global|stage2-multievent|stage3-continuation|paper|PATH
+    anchors train --preset tiny|stage1-global|stage2-multievent|stage3-continuation|paper|PATH
                   data=COOKGEN_DIR[,DIR] out=RUN_DIR [key=value ...]
+    torchrun --nproc_per_node N -m anchors train --preset ... data=... out=...   # several processes
     anchors presets
 
 ``--preset`` takes a preset name, a preset YAML, or a trained checkpoint folder (``RUN/final``, whose
@@ -20,6 +21,7 @@ from pathlib import Path
 from anchors.config import PRESETS, AnchorsConfig, AnchorsError
 from auteur.cliutil import ArgumentParser, parse_with_overrides, run_cli, setup_logging
 from auteur.config import list_presets, load_config
+from auteur.training import is_main_process
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +70,7 @@ def _parser() -> ArgumentParser:
     g.add_argument("overrides", nargs="*", metavar="key=value")
 
     t = sub.add_parser("train", help="train the story transformer on CookGen story-frame sequences")
-    t.add_argument("--config", default="tiny")
+    t.add_argument("--preset", "--config", dest="preset", default="tiny", help="tiny, a stage, paper, or a YAML")
     t.add_argument("--no-progress", action="store_true")
     t.add_argument("overrides", nargs="*", metavar="key=value", help="data=DIR out=RUN_DIR train.max_steps=...")
 
@@ -135,10 +137,12 @@ def _generate(args) -> int:
 def _train(args) -> int:
     from anchors.train import train
 
-    if args.config == "default":
+    if args.preset == "default":
         raise AnchorsError(NO_DEFAULT)
-    cfg = load_config(AnchorsConfig, args.config, args.overrides, preset_dir=PRESETS)
+    cfg = load_config(AnchorsConfig, args.preset, args.overrides, preset_dir=PRESETS)
     final = train(cfg, progress=not args.no_progress)
+    if not is_main_process():
+        return 0  # under torchrun / accelerate launch the main process reports
     print(f"trained anchors ({cfg.train.stage} stage) -> {final}")
     return 0
 

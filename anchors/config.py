@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Literal
 
 from auteur.errors import AuteurError
+from auteur.training import TrainLoop
 from auteur.vision import VisionConfig
 
 PRESETS = Path(__file__).parent / "presets"
@@ -89,16 +90,22 @@ class DataConfig:
     stride: int = 2  # windows of num_frames story frames start every `stride` frames
     default_fps: float = 30.0  # source fps when no clip can be probed (keyframe-only builds)
     style: str = "a real-world cooking video, filmed close up"  # CookGen has no style field
+    # the latent cache: every sample's story-frame latents and prompt embeddings, encoded once (by all processes
+    # together) and read back per batch; "" = RUN/latents. One folder shared by several runs (the stages, reruns)
+    # encodes each sample once for all of them: a subfolder per encoder and settings keeps them apart
+    cache_dir: str = ""
 
 
 @dataclass
-class TrainConfig:
-    """Training; ``stage`` picks the StoryAnchors progressive stage (caption format and condition frames).
+class TrainConfig(TrainLoop):
+    """The shared loop settings (:class:`auteur.training.TrainLoop`: learning rate, warm-up, steps, global
+    ``batch_size`` over all processes, checkpoints, ``strategy`` ddp|fsdp) with anchors' defaults (warm-up then
+    constant), and the StoryAnchors progressive stage, which picks the caption format and the condition frames:
 
     - ``global``: one global caption per sequence, no condition frames;
     - ``multievent``: multi-event captions, a random subset of frames given with probability ``p_condition``;
     - ``continuation``: multi-event captions, the first k frames given (k random in 1..F-1) with
-      probability ``p_condition``, else a random subset (keeps editing alive).
+      probability ``p_condition``.
     """
 
     stage: Literal["global", "multievent", "continuation"] = "multievent"
@@ -106,14 +113,12 @@ class TrainConfig:
     p_condition: float = 0.5
     caption_dropout: float = 0.1  # empty prompt for classifier-free guidance
     lr: float = 1e-3
-    weight_decay: float = 0.0
     warmup_steps: int = 0
+    schedule: Literal["constant", "cosine"] = "constant"
     max_steps: int = 20
     batch_size: int = 2
-    grad_clip: float = 1.0
     save_every: int = 10
     log_every: int = 5
-    threads: int = 0
 
 
 @dataclass

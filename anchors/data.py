@@ -18,10 +18,16 @@ at the middle of the segment). Within a step that is ``interval_seconds``, but t
 steps' own spacing make the gaps across steps differ, so the sample's own spacing is fed, never the
 configured interval. In a ``steps`` build (one clip file per step, no common timeline) the clips are laid
 end to end.
+
+A sample holds where its frames are, not their pixels (a whole build's decoded frames would not fit in memory):
+:meth:`StorySample.frames` decodes them when asked, which ``anchors train`` does once per sample, when it
+encodes the sample into its latent cache (:mod:`anchors.train`).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,15 +44,56 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class StorySample:
-    """One training sequence: frames [F, 3, H, W] in [-1, 1], its story, its conditions [6], where it comes
-    from, and the frames' times (s) on the source video's timeline."""
+class FrameRef:
+    """Where one story frame is read from: the frame of clip ``path`` at ``at`` seconds, or the image ``path``
+    (a keyframe; ``at`` None)."""
 
-    frames: torch.Tensor
+    path: Path
+    at: float | None = None
+
+
+@dataclass
+class StorySample:
+    """One training sequence: where its F story frames come from (decoded only when asked: :meth:`frames`, so a
+    whole build's samples hold no pixels), its story, the source ``fps`` and the frame ``interval`` (source frames
+    between story frames), the frames' times (s) on the source video's timeline, and its names: ``source``
+    (``BUILD/VIDEO@START``, for people) and ``key`` (stable and unique: the build's absolute path, the split, the
+    video, the window's first frame and a hash of the video's rows, so a rebuilt build gets new keys; the name
+    of its latent-cache entry)."""
+
+    refs: list[FrameRef]
     story: Story
-    conditions: torch.Tensor
+    fps: float
+    interval: float
     source: str
+    key: str
     times: list[float]
+    height: int
+    width: int
+
+    def frames(self) -> torch.Tensor:
+        """The story frames [F, 3, H, W] in [-1, 1] at model resolution, decoded now (each clip opened once)."""
+        from auteur.video import frames_at
+
+        images: list[Image.Image | np.ndarray | None] = [None] * len(self.refs)
+        clips: dict[Path, list[int]] = {}
+        for i, ref in enumerate(self.refs):
+            if ref.at is None:
+                with Image.open(ref.path) as im:
+                    images[i] = im.convert("RGB")
+            else:
+                clips.setdefault(ref.path, []).append(i)
+        for path, idx in clips.items():
+            for i, frame in zip(idx, frames_at(path, [self.refs[i].at for i in idx])):
+                images[i] = frame
+        return torch.stack([to_tensor(im, self.height, self.width) for im in images])
+
+    def conditions(self, frames: torch.Tensor | None = None) -> torch.Tensor:
+        """The scalar conditions [6] (``anchors.model.CONDITION_NAMES`` order); the motion degree is measured on
+        ``frames`` (:meth:`frames`, decoded when not given)."""
+        frames = self.frames() if frames is None else frames
+        n = float(len(self.refs))
+        return torch.tensor([self.fps, self.interval, motion_degree(frames), float(self.width), float(self.height), n])
 
 
 def to_tensor(image: Image.Image | np.ndarray, height: int, width: int) -> torch.Tensor:
@@ -77,28 +124,31 @@ def _timeline(rows: list[dict]) -> list[float]:
     return [float(r["start"]) for r in rows]
 
 
-def _video_frames(folder: Path, rows: list[dict], cfg: DataConfig) -> tuple[list, list[int], list[float], float]:
-    """Frames (PIL/ndarray), the step (row index) of each, its time (s) on the video's timeline, the source fps."""
-    from auteur.video import frames_at, probe
+def _video_frames(
+    folder: Path, rows: list[dict], cfg: DataConfig
+) -> tuple[list[FrameRef], list[int], list[float], float]:
+    """Where each story frame is (nothing decoded: clips are probed), the step (row index) of each, its time (s)
+    on the video's timeline, the source fps."""
+    from auteur.video import probe
 
-    frames, steps, times, fps_seen = [], [], [], []
+    refs, steps, times, fps_seen = [], [], [], []
     for k, (row, offset) in enumerate(zip(rows, _timeline(rows))):
         clip = folder / row["clip"] if row["clip"] else None
         if clip is not None and clip.is_file():
             info = probe(clip)
             at = [cfg.interval_seconds * (j + 0.5) for j in range(cfg.max_frames_per_step)]
             at = [t for t in at if t < info.duration] or [info.duration / 2]
-            frames += list(frames_at(clip, at))
+            refs += [FrameRef(clip, t) for t in at]
             times += [offset + t for t in at]
             steps += [k] * len(at)
             if info.fps:
                 fps_seen.append(info.fps)
         elif row["keyframe"] and (folder / row["keyframe"]).is_file():
-            frames.append(Image.open(folder / row["keyframe"]).convert("RGB"))
+            refs.append(FrameRef(folder / row["keyframe"]))
             times.append(offset + (row["end"] - row["start"]) / 2)  # CookGen's default keyframe position
             steps.append(k)
     fps = float(np.mean(fps_seen)) if fps_seen else cfg.default_fps
-    return frames, steps, times, fps
+    return refs, steps, times, fps
 
 
 def frame_interval(times: list[float], fps: float) -> float:
@@ -107,7 +157,8 @@ def frame_interval(times: list[float], fps: float) -> float:
 
 
 def load_story_samples(folders: list[str], split: str, cfg: DataConfig, height: int, width: int) -> list[StorySample]:
-    """All windows of ``cfg.num_frames`` story frames in ``split`` of the CookGen builds ``folders``."""
+    """All windows of ``cfg.num_frames`` story frames in ``split`` of the CookGen builds ``folders``, at
+    ``height`` x ``width``. Clips are probed, not decoded: a sample decodes its frames when asked."""
     from datasets import load_from_disk
 
     samples: list[StorySample] = []
@@ -124,15 +175,14 @@ def load_story_samples(folders: list[str], split: str, cfg: DataConfig, height: 
             by_video.setdefault(row["video_id"], []).append(row)
         for vid, rows in by_video.items():
             rows.sort(key=lambda r: r["step_index"])
-            frames, steps, times, fps = _video_frames(folder, rows, cfg)
-            if len(frames) < cfg.num_frames:
-                log.info(
-                    "%s/%s: %d story frames, fewer than %d; skipped", folder.name, vid, len(frames), cfg.num_frames
-                )
+            refs, steps, times, fps = _video_frames(folder, rows, cfg)
+            if len(refs) < cfg.num_frames:
+                log.info("%s/%s: %d story frames, fewer than %d; skipped", folder.name, vid, len(refs), cfg.num_frames)
                 continue
-            tensors = torch.stack([to_tensor(f, height, width) for f in frames])
+            # what the video's frames and captions are made of: a rebuilt build gets new cache keys
+            rows_hash = hashlib.sha256(json.dumps(rows, sort_keys=True, default=str).encode()).hexdigest()[:16]
             dish = rows[0]["dish"] or vid
-            for s in range(0, len(frames) - cfg.num_frames + 1, cfg.stride):
+            for s in range(0, len(refs) - cfg.num_frames + 1, cfg.stride):
                 idx = list(range(s, s + cfg.num_frames))
                 events: list[Event] = []
                 for i in idx:
@@ -141,10 +191,19 @@ def load_story_samples(folders: list[str], split: str, cfg: DataConfig, height: 
                         events[-1].frames += 1
                     else:
                         events.append(Event(row["caption"] or row["action"], 1))
-                window = tensors[idx]
                 at = [times[i] for i in idx]
-                interval = frame_interval(at, fps)
-                cond = [fps, interval, motion_degree(window), float(width), float(height), float(cfg.num_frames)]
                 story = Story(title=dish, events=events, subjects=f"a cook; {dish}", style=cfg.style)
-                samples.append(StorySample(window, story, torch.tensor(cond), f"{folder.name}/{vid}@{s}", at))
+                samples.append(
+                    StorySample(
+                        refs=[refs[i] for i in idx],
+                        story=story,
+                        fps=fps,
+                        interval=frame_interval(at, fps),
+                        source=f"{folder.name}/{vid}@{s}",
+                        key=f"{folder.resolve()}/{split}/{vid}@{s}#{rows_hash}",
+                        times=at,
+                        height=height,
+                        width=width,
+                    )
+                )
     return samples

@@ -98,6 +98,11 @@ class WidenedPatchEmbedding(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x``: [B, 2C+1, F, h, w] -> [B, inner, F/p_t, h/p_h, w/p_w]."""
         c = self.latent_channels
+        if x.shape[1] != 2 * c + 1 or self.extra.in_channels != c + 1:
+            raise AnchorsError(
+                f"the widened patch embedding takes 2C+1 = {2 * c + 1} channels (C = {c} in the pretrained "
+                f"convolution, {self.extra.in_channels} in the new one), got {x.shape[1]}"
+            )
         return self.base(x[:, :c]) + self.extra(x[:, c:])
 
     def as_single_conv(self) -> nn.Conv3d:
@@ -169,6 +174,11 @@ class StoryTransformer(nn.Module):
     def _add_conditions(self, module: nn.Module, args: Any, output: torch.Tensor) -> torch.Tensor:
         if self._pending is None:
             return output
+        if self._pending.shape != output.shape:  # never broadcast: [B, 1] would silently add one scalar per sample
+            raise AnchorsError(
+                f"the condition embedding {list(self._pending.shape)} does not match the timestep embedding "
+                f"{list(output.shape)} it is added to"
+            )
         return output + self._pending.to(output.dtype)
 
     @contextmanager
@@ -204,6 +214,12 @@ class StoryTransformer(nn.Module):
         ``timestep`` [B] in [0, 1000]; ``text`` [B, L, D]; ``conditions`` [B, 6] -> velocity [B, C, F, h, w].
         """
         b, c, f, h, w = noisy.shape
+        if c != self.latent_channels or cond_latents.shape != noisy.shape or tuple(mask.shape) != (b, f):
+            raise AnchorsError(
+                f"story latents {list(noisy.shape)}, condition latents {list(cond_latents.shape)} and mask "
+                f"{list(mask.shape)} must be [B, C, F, h, w], the same, and [B, F], with C = {self.latent_channels} "
+                "(the transformer's latent channels)"
+            )
         m = mask.to(noisy.dtype).view(b, 1, f, 1, 1)
         given = (m != 0).to(noisy.dtype)
         x = torch.cat([noisy, cond_latents * given, m.expand(b, 1, f, h, w)], dim=1)
@@ -320,8 +336,11 @@ def _tiny_components(cfg: ModelConfig) -> tuple[nn.Module, nn.Module, TextEncode
 TEXT_ENCODERS = ("UMT5EncoderModel", "T5EncoderModel")
 
 
-def _pretrained_components(cfg: ModelConfig) -> tuple[nn.Module, nn.Module, TextEncoder]:
-    """Transformer, VAE and text encoder (all float32) from a local diffusers Wan folder (``cfg.pretrained``)."""
+def _pretrained_components(
+    cfg: ModelConfig, text_dtype: torch.dtype = torch.float32
+) -> tuple[nn.Module, nn.Module, TextEncoder]:
+    """Transformer and VAE (float32) and text encoder (``text_dtype``: loaded so, never held in float32 first) from
+    a local diffusers Wan folder (``cfg.pretrained``)."""
     import transformers
     from diffusers import AutoencoderKLWan, WanTransformer3DModel
     from transformers import AutoTokenizer
@@ -346,7 +365,7 @@ def _pretrained_components(cfg: ModelConfig) -> tuple[nn.Module, nn.Module, Text
         transformer = WanTransformer3DModel.from_pretrained(root, subfolder="transformer", dtype=torch.float32)
         vae = AutoencoderKLWan.from_pretrained(root, subfolder="vae", dtype=torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(root / "tokenizer")
-        t5 = getattr(transformers, arch).from_pretrained(root, subfolder="text_encoder", dtype=torch.float32)
+        t5 = getattr(transformers, arch).from_pretrained(root, subfolder="text_encoder", dtype=text_dtype)
     except (OSError, ValueError) as e:  # an unreadable config or weights file
         raise AnchorsError(f"cannot load Wan from {cfg.pretrained}: {str(e).splitlines()[0]}") from None
     return transformer, vae, TextEncoder(tokenizer, t5, cfg.text.max_tokens)
@@ -373,15 +392,30 @@ def load_weights(net: StoryTransformer, folder: str | Path) -> None:
         raise AnchorsError(f"checkpoint {folder} does not fit this model: {str(e).splitlines()[0]}") from None
 
 
-def build_anchors(cfg: ModelConfig, checkpoint: str | Path | None = None) -> Anchors:
-    """The anchors model as ``cfg`` says, with a trained checkpoint applied when given."""
+def build_anchors(
+    cfg: ModelConfig,
+    checkpoint: str | Path | None = None,
+    components: tuple[nn.Module, nn.Module, TextEncoder, str] | None = None,
+    text_dtype: torch.dtype = torch.float32,
+) -> Anchors:
+    """The anchors model as ``cfg`` says, with a trained checkpoint applied when given. The frozen text encoder is
+    in ``text_dtype`` (``anchors train`` with ``precision: bf16``: bfloat16, half the memory of Wan's 5.7B-parameter
+    UMT5); the story transformer and the VAE are float32 (diffusers' Wan pipelines keep the VAE in float32: it is
+    small, and its latents are the training targets).
+
+    ``components``: (transformer, VAE, text encoder, model id) already built, instead of loading or building
+    them as ``cfg.kind`` says; the meta-device shape check (:mod:`anchors.meta_check`) passes Wan 2.1 T2V 1.3B
+    built from its published config. The size and RoPE checks and the widening apply all the same."""
     if checkpoint is not None:
         check_checkpoint(checkpoint)
-    if cfg.kind == "wan":
-        transformer, vae, text = _pretrained_components(cfg)
+    if components is not None:
+        transformer, vae, text, model_id = components
+    elif cfg.kind == "wan":
+        transformer, vae, text = _pretrained_components(cfg, text_dtype)
         model_id = str(cfg.pretrained)
     else:
         transformer, vae, text = _tiny_components(cfg)
+        text.encoder.to(dtype=text_dtype)
         model_id = f"tiny-random-wan/seed{cfg.seed}"
     factor = spatial_factor(vae)
     p = transformer.config.patch_size

@@ -66,6 +66,15 @@ class LatentCache:
             raise KeyError(f"{key!r} is not in the latent cache {self.folder}")
         return load_file(str(path), device=str(device))
 
+    def prepare(self) -> None:
+        """Make the folder, write its ``settings.json`` and remove the temporaries a killed fill left. With several
+        processes the main one calls it before the others write (then a barrier): run while they write, it would
+        remove their files in progress. :meth:`fill` calls it itself in a single process."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        clean_stale_temporaries(self.folder)
+        if not (self.folder / "settings.json").is_file():
+            atomic_write_json(self.folder / "settings.json", self.settings)
+
     def missing(self, keys: Sequence[str]) -> list[str]:
         return [k for k in keys if not self.has(k)]
 
@@ -79,15 +88,13 @@ class LatentCache:
         desc: str = "encoding",
     ) -> int:
         """Encode the samples of ``keys`` that are not cached yet, this process's share of them (positions
-        ``rank, rank + world, ...`` of ``keys``); returns how many it encoded. The caller waits for every process
-        (a barrier) before reading samples another process encoded."""
+        ``rank, rank + world, ...`` of ``keys``); returns how many it encoded. With several processes the main
+        one calls :meth:`prepare` first and all wait (a barrier), and all wait again before reading samples
+        another process encoded."""
         from tqdm.auto import tqdm
 
-        if rank == 0:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            clean_stale_temporaries(self.folder)
-            if not (self.folder / "settings.json").is_file():
-                atomic_write_json(self.folder / "settings.json", self.settings)
+        if world == 1:
+            self.prepare()
         mine = [keys[i] for i in range(rank, len(keys), world)]
         todo = self.missing(mine)
         if not todo:

@@ -123,5 +123,9 @@ def test_loss_ignores_predictions_of_given_frames():
     assert torch.count_nonzero(pred.grad[0, :, 0]) == 0 and torch.count_nonzero(pred.grad[1, :, :2]) == 0
     assert torch.count_nonzero(pred.grad[0, :, 1:]) == pred.grad[0, :, 1:].numel()
     gen = torch.tensor([[0, 1, 1, 1], [0, 0, 1, 1]], dtype=torch.bool)
-    manual = torch.cat([((pred[b, :, gen[b]] - target[b, :, gen[b]]) ** 2).flatten() for b in range(B)]).mean()
-    torch.testing.assert_close(loss, manual)
+    # each sample's mean over its generated frames, then the mean over samples: a batch split over processes
+    # (whose gradients DDP averages) has the same loss as the whole batch in one process
+    per_sample = [((pred[b, :, gen[b]] - target[b, :, gen[b]]) ** 2).mean() for b in range(B)]
+    torch.testing.assert_close(loss, torch.stack(per_sample).mean())
+    halves = torch.stack([masked_mse(pred[b : b + 1], target[b : b + 1], mask[b : b + 1]) for b in range(B)]).mean()
+    torch.testing.assert_close(loss, halves)
