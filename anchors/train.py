@@ -42,7 +42,6 @@ import hashlib
 import json
 import logging
 import sys
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -300,9 +299,6 @@ class AnchorsTask(training.TrainTask):
         )
 
     def fsdp_units(self, module: torch.nn.Module) -> list[torch.nn.Module]:
-        # FSDP2 warns that the sharded root returns a view (diffusers' Wan output is a reshape of its last
-        # projection), in case an in-place op on it skips the backward hook; the loss reads it out of place
-        warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view tensor")
         return list(self.net.transformer.blocks)  # the Wan blocks; the patch and condition embeddings: the root
 
     # -- data

@@ -46,6 +46,7 @@ import random
 import shutil
 import signal
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -492,6 +493,9 @@ def _wrap(module: nn.Module, task: TrainTask, accelerator, strategy: str, precis
         # the forward's float inputs keep their dtype (a timestep or a scalar condition rounded to bf16 would be off
         # by ~0.2%): the computation is bf16 under autocast anyway
         policy = MixedPrecisionPolicy(param_dtype=compute, reduce_dtype=torch.float32, cast_forward_inputs=False)
+        # FSDP2 warns when a sharded module returns a view (diffusers' blocks and heads often end in a reshape), in
+        # case an in-place op on it skips its backward hook; the trainers' losses read outputs out of place
+        warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view tensor")
         for unit in task.fsdp_units(module):
             fully_shard(unit, mp_policy=policy)
         fully_shard(module, mp_policy=policy)

@@ -43,7 +43,13 @@ def append_tokens(prompt_embeds: torch.Tensor, tokens: torch.Tensor) -> tuple[to
     """``prompt_embeds`` [B, L, C] + ``tokens`` [B, T, C] -> ([B, L+T, C], txt_ids [L+T, 3] of zeros).
 
     As FluxPriorReduxPipeline + FluxFillPipeline combine them: concatenated along the sequence, zero text ids.
+    ValueError unless both are in the same token space (batch and width: FLUX's joint_attention_dim).
     """
+    if prompt_embeds.ndim != 3 or tokens.ndim != 3 or tokens.shape[::2] != prompt_embeds.shape[::2]:
+        raise ValueError(
+            f"adapter tokens {list(tokens.shape)} do not fit prompt_embeds {list(prompt_embeds.shape)}: "
+            "both must be [B, *, joint_attention_dim] with the same B and width (the T5 token width)"
+        )
     embeds = torch.cat([prompt_embeds, tokens.to(prompt_embeds.dtype)], dim=1)
     txt_ids = torch.zeros(embeds.shape[1], 3, device=embeds.device, dtype=embeds.dtype)
     return embeds, txt_ids

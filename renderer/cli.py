@@ -2,7 +2,8 @@
 
 renderer render PLAN_DIR [--preset default|tiny|paper|PATH] [--context 1|2|3] [--size WxH] [--seed S]
                 [--bank BANK] [--checkpoint RUN/final] [--force] [key=value ...]
-renderer train --config tiny|paper|PATH data=COOKGEN_DIR[,DIR] out=RUN_DIR [key=value ...]
+renderer train --preset tiny|paper|PATH data=COOKGEN_DIR[,DIR] out=RUN_DIR [key=value ...]
+torchrun --nproc_per_node N -m renderer train --preset paper flux.model=... data=... out=...   # several processes
 renderer presets
 
 Frame banks for the retrieval back-end are built by ``cookgen bank CLIPS_DIR --out BANK`` (format:
@@ -18,6 +19,7 @@ from pathlib import Path
 
 from auteur.cliutil import ArgumentParser, UsageError, parse_with_overrides, run_cli, setup_logging
 from auteur.config import list_presets, load_config
+from auteur.training import is_main_process
 from renderer.config import PRESETS, RenderConfig
 
 log = logging.getLogger(__name__)
@@ -40,7 +42,7 @@ def _parser() -> ArgumentParser:
     r.add_argument("overrides", nargs="*", metavar="key=value")
 
     t = sub.add_parser("train", help="train LoRA + embedding adapter on CookGen keyframe sequences")
-    t.add_argument("--config", default="tiny")
+    t.add_argument("--preset", "--config", dest="preset", default="tiny", help="tiny, paper, or a YAML")
     t.add_argument("--no-progress", action="store_true")
     t.add_argument("overrides", nargs="*", metavar="key=value", help="data=DIR out=RUN_DIR train.max_steps=...")
 
@@ -82,9 +84,10 @@ def _render(args) -> int:
 def _train(args) -> int:
     from renderer.train import train
 
-    cfg = load_config(RenderConfig, args.config, args.overrides, preset_dir=PRESETS)
+    cfg = load_config(RenderConfig, args.preset, args.overrides, preset_dir=PRESETS)
     final = train(cfg, progress=not args.no_progress)
-    print(f"trained renderer -> {final}")
+    if is_main_process():  # under torchrun / accelerate launch the main process reports
+        print(f"trained renderer -> {final}")
     return 0
 
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from auteur.training import TrainLoop
 from auteur.vision import VisionConfig
 
 PRESETS = Path(__file__).parent / "presets"
@@ -23,8 +24,12 @@ class FluxConfig:
 
     kind: Literal["tiny", "pretrained"] = "tiny"
     model: str = ""
+    # the weights' dtype, and the renderer's precision: `renderer train` with bf16 keeps LoRA and adapter in fp32
+    # and runs the forward under bf16 autocast
     dtype: Literal["fp32", "bf16"] = "fp32"
-    cpu_offload: bool = False  # enable_model_cpu_offload (FLUX.1 Fill dev in bf16 on one 80 GB GPU)
+    # enable_model_cpu_offload while rendering (FLUX.1 Fill dev in bf16 on one 80 GB GPU); `renderer train` keeps
+    # every component on its process's device whatever this says
+    cpu_offload: bool = False
     init_seed: int = 0
     # tiny sizes (as diffusers' tests/pipelines/flux/test_pipeline_flux_fill.py get_dummy_components)
     num_layers: int = 1
@@ -72,17 +77,21 @@ class RetrievalConfig:
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(TrainLoop):
+    """The shared loop settings (:class:`auteur.training.TrainLoop`: lr, schedule, ``batch_size`` canvases per
+    micro-batch over all processes, grad_accum, checkpoints, ``strategy`` ddp|fsdp) with the renderer's defaults,
+    and its own: each canvas draws its context length from 1..``max_context``; ``weighting`` is the timestep
+    density; ``gradient_checkpointing`` recomputes each FLUX block's activations in the backward pass (FLUX.1
+    Fill at paper size: the activations of a 4-panel canvas would not fit next to the weights otherwise)."""
+
     lr: float = 1e-4
-    weight_decay: float = 0.0
     max_steps: int = 1000
-    batch_size: int = 1  # samples per optimizer step; each sample draws its own context length
-    grad_clip: float = 1.0
+    batch_size: int = 1
     save_every: int = 100
     log_every: int = 10
     max_context: int = 3  # context length drawn uniformly from 1..max_context (limited by the steps before)
     weighting: Literal["none", "logit_normal"] = "logit_normal"  # timestep density, as diffusers' FLUX examples
-    threads: int = 0
+    gradient_checkpointing: bool = False
 
 
 @dataclass

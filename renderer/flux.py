@@ -154,13 +154,20 @@ def check_flux_folder(model: str) -> None:
         )
 
 
-def build_pipeline(cfg: FluxConfig):
-    """A ``FluxFillPipeline``: toy components from config (``tiny``) or FLUX.1 Fill weights (``pretrained``)."""
+def build_pipeline(cfg: FluxConfig, device: torch.device | None = None):
+    """A ``FluxFillPipeline``: toy components from config (``tiny``) or FLUX.1 Fill weights (``pretrained``).
+
+    Rendering (``device`` None): on the GPU when there is one, with ``flux.cpu_offload`` one component at a time.
+    Training (``device``: the process's device): every component on ``device``, never offloaded (offload moves
+    each model to ``cuda:0`` per call: every process of a multi-GPU run would share GPU 0, and the trainable
+    transformer would leave its device between forward and backward).
+    """
     from diffusers import FluxFillPipeline
 
     dtype = torch.bfloat16 if cfg.dtype == "bf16" else torch.float32
     if cfg.kind == "tiny":
         pipe = FluxFillPipeline(**_tiny_components(cfg))
+        pipe.to(dtype=dtype)  # initialised in fp32, then rounded: flux.dtype=bf16 tests the paper's precision
         model_id = tiny_model_id(cfg)
     else:
         if not cfg.model:
@@ -171,7 +178,9 @@ def build_pipeline(cfg: FluxConfig):
         except (OSError, ValueError) as e:
             raise RendererError(f"cannot load FLUX.1 Fill from {cfg.model}: {str(e).splitlines()[0]}") from None
         model_id = cfg.model
-    if cfg.cpu_offload and torch.cuda.is_available():
+    if device is not None:
+        pipe.to(device)
+    elif cfg.cpu_offload and torch.cuda.is_available():
         pipe.enable_model_cpu_offload()  # keeps one component on the GPU at a time (FLUX dev on one 80 GB GPU)
     elif torch.cuda.is_available():
         pipe.to("cuda")
@@ -214,11 +223,15 @@ def check_size(multiple: int | None, width: int, height: int) -> None:
 
 
 class FluxRenderer:
-    """FluxFillPipeline + embedding adapter (+ a trained LoRA/adapter checkpoint) for a plan's visual space."""
+    """FluxFillPipeline + embedding adapter (+ a trained LoRA/adapter checkpoint) for a plan's visual space.
 
-    def __init__(self, cfg: RenderConfig, space: VisualSpace, checkpoint: str | None = None):
+    ``pipe``: a FluxFillPipeline already built (with a ``model_id``), instead of :func:`build_pipeline`'s; the
+    meta-device shape check (:mod:`renderer.meta_check`) passes FLUX.1 Fill built from its published config.
+    """
+
+    def __init__(self, cfg: RenderConfig, space: VisualSpace, checkpoint: str | None = None, pipe=None):
         self.cfg = cfg
-        self.pipe = build_pipeline(cfg.flux)
+        self.pipe = pipe if pipe is not None else build_pipeline(cfg.flux)
         self.space = space
         self.meta: dict[str, Any] = {}
         joint = self.pipe.transformer.config.joint_attention_dim
@@ -310,17 +323,29 @@ class FluxRenderer:
 # --------------------------------------------------------------------------------------------- checkpoints
 
 
-def save_checkpoint(renderer: FluxRenderer, folder: Path, extra: dict[str, Any] | None = None) -> None:
-    """Write LoRA weights, adapter weights and ``renderer.json`` (space, base model, configs) into ``folder``."""
+def save_checkpoint(
+    renderer: FluxRenderer,
+    folder: Path,
+    extra: dict[str, Any] | None = None,
+    lora: dict[str, torch.Tensor] | None = None,
+    adapter: dict[str, torch.Tensor] | None = None,
+) -> None:
+    """Write LoRA weights, adapter weights and ``renderer.json`` (space, base model, configs) into ``folder``.
+
+    ``lora`` (peft's saved layout) and ``adapter`` (the adapter's state dict): tensors to write as they are (the
+    full state ``renderer train`` gathers from every process, fp32); by default the renderer's own, in fp32.
+    """
     from peft.utils import get_peft_model_state_dict
     from safetensors.torch import save_file
 
-    lora = {
-        k: v.detach().to("cpu", torch.float32).contiguous()
-        for k, v in get_peft_model_state_dict(renderer.pipe.transformer).items()
-    }
+    if lora is None:
+        lora = get_peft_model_state_dict(renderer.pipe.transformer)
+        lora = {k: v.detach().to(torch.float32) for k, v in lora.items()}
+    if adapter is None:
+        adapter = {k: v.detach().to(torch.float32) for k, v in renderer.adapter.state_dict().items()}
+    lora = {k: v.detach().cpu().contiguous() for k, v in lora.items()}
+    adapter = {k: v.detach().cpu().contiguous() for k, v in adapter.items()}
     save_file(lora, str(folder / LORA_FILE))
-    adapter = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in renderer.adapter.state_dict().items()}
     save_file(
         adapter, str(folder / ADAPTER_FILE), metadata={"space": renderer.space.name, "dim": str(renderer.space.dim)}
     )

@@ -1,4 +1,6 @@
-"""`renderer train`: the flow-matching loss falls on a fixed batch; a killed run resumes to the same weights."""
+"""`renderer train` in one process: the flow-matching loss falls on a fixed batch; a killed run resumes to the same
+weights (fp32, and a bf16 FLUX with fp32 LoRA and adapter); gradient checkpointing changes nothing but memory.
+Several processes: ``test_distributed.py``."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from auteur.config import load_config
 from renderer.cli import main
 from renderer.config import PRESETS, RenderConfig
 from renderer.train import (
+    RendererTask,
     SimulatedKill,
     build_for_training,
     flow_matching_loss,
@@ -57,15 +60,25 @@ def test_context_length_drawn_per_sample(tiny_cookgen: Path):
     ks = [(t, k) for step in range(20) for _, t, k, _ in sample_plan(episodes, cfg, step)]
     assert all(1 <= k <= min(3, t) for t, k in ks) and {k for _, k in ks} == {1, 2}
     assert sample_plan(episodes, cfg, 7) == sample_plan(episodes, cfg, 7)
+    # with gradient accumulation each micro-batch is the next batch of the same stream (its own samples, context
+    # lengths and noise seeds), not a repeat of the step's first
+    accum = load_config(RenderConfig, "tiny", ["train.batch_size=4", "train.grad_accum=2"], preset_dir=PRESETS)
+    assert [sample_plan(episodes, accum, 3, m) for m in (0, 1)] == [sample_plan(episodes, cfg, s) for s in (6, 7)]
+    seeds = [seed for s in range(5) for m in (0, 1) for *_, seed in sample_plan(episodes, accum, s, m)]
+    assert len(set(seeds)) == len(seeds)
 
 
-def test_train_resume_matches_uninterrupted(tiny_cookgen: Path, tmp_path: Path):
-    # LoRA dropout > 0: the global RNG is drawn every step, so the RNG states must be saved and restored too
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_train_resume_matches_uninterrupted(tiny_cookgen: Path, tmp_path: Path, dtype: str):
+    # LoRA dropout > 0: the global RNG is drawn every step, so the RNG states must be saved and restored too.
+    # bf16 (a bf16 FLUX, LoRA and adapter in fp32 under bf16 autocast): the resumed run loads the fp32 checkpoint
+    # into fp32 parameters, not into bf16 ones widened afterwards
     base = [
         "train.max_steps=3",
         "train.save_every=1",
         "train.batch_size=1",
         "lora.dropout=0.1",
+        f"flux.dtype={dtype}",
         f"data={tiny_cookgen}",
     ]
     full = train(
@@ -75,9 +88,11 @@ def test_train_resume_matches_uninterrupted(tiny_cookgen: Path, tmp_path: Path):
     with pytest.raises(SimulatedKill):
         train(cfg_b, stop_after=2, progress=False)
     ckpt = tmp_path / "b" / "checkpoints" / "step-000002"
-    assert {"lora.safetensors", "adapter.safetensors", "optimizer.pt", "rng.pt", "state.json"} <= {
-        f.name for f in ckpt.iterdir()
-    }
+    # the shared checkpoint layout: the renderer's files, the optimizer by parameter name, the RNG states as
+    # safetensors + JSON (nothing unpickled), the step
+    assert {f.name for f in ckpt.iterdir()} == {
+        "lora.safetensors", "adapter.safetensors", "renderer.json", "optimizer.pt", "rng", "state.json"}  # fmt: skip
+    assert sorted(f.name for f in (ckpt / "rng").iterdir()) == ["rank-0.json", "rank-0.safetensors"]
     torch.manual_seed(123)  # a resumed process starts from another RNG state: resume must restore its own
     resumed = train(cfg_b, progress=False)
     for name in ("lora.safetensors", "adapter.safetensors"):
@@ -85,6 +100,7 @@ def test_train_resume_matches_uninterrupted(tiny_cookgen: Path, tmp_path: Path):
         assert a.keys() == b.keys() and len(a) > 0
         assert all(torch.equal(a[k], b[k]) for k in a), name  # bit-identical on CPU
         assert any(not torch.equal(a[k], mid[k]) for k in a), name  # and step 3 did change them
+        assert all(v.dtype == torch.float32 for v in a.values())
 
 
 def test_lora_keys_that_do_not_fit_are_an_error(tiny_cookgen: Path):
@@ -152,3 +168,24 @@ def test_train_bad_size_or_model_leaves_no_run_folder(tiny_cookgen: Path, tmp_pa
     assert not (tmp_path / "runs").exists()
     out.mkdir(parents=True)  # a run folder that was there before is kept
     assert main([*base, *missing]) == 2 and out.is_dir() and not any(out.iterdir())
+
+
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients(tiny_cookgen: Path):
+    """``train.gradient_checkpointing`` (on in the paper preset) recomputes FLUX's block activations in the backward
+    pass instead of storing them: the same loss and gradients, through the task's own batch and forward."""
+    episodes, space = load_episodes([str(tiny_cookgen)])
+    cpu = torch.device("cpu")
+    out = {}
+    for on in (False, True):
+        over = ["train.batch_size=2", f"train.gradient_checkpointing={str(on).lower()}"]
+        task = RendererTask(load_config(RenderConfig, "tiny", over, preset_dir=PRESETS), episodes, space)
+        model = task.build(cpu)
+        assert model.transformer.is_gradient_checkpointing is on
+        batch = task.batch(task.global_batch(0, 0, 2, 0), [0, 1], 0, cpu)
+        loss = task.forward(model, batch)["loss"]
+        loss.backward()
+        out[on] = loss.detach(), {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+    (loss_off, grads_off), (loss_on, grads_on) = out[False], out[True]
+    assert torch.equal(loss_off, loss_on) and grads_off.keys() == grads_on.keys() and len(grads_on) == 14 + 6
+    assert all(torch.equal(grads_off[n], grads_on[n]) for n in grads_on)
+    assert all(g.abs().sum() > 0 for n, g in grads_on.items() if "lora_A" not in n)  # LoRA A: B is zero at first
