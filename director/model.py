@@ -223,13 +223,21 @@ class Director(nn.Module):
         init = base[: min(len(base), 32000)].float().mean(0, keepdim=True).repeat(len(block), 1)
         noise = 0.02 * torch.randn(init.shape, dtype=init.dtype)  # drawn on the CPU: the same on every device
         self.image_embeds = nn.Parameter(init + noise.to(device))
-        lookup = torch.full((len(tokenizer),), -1, dtype=torch.long)
-        lookup[torch.tensor(block)] = torch.arange(len(block))
-        self.register_buffer("_block_index", lookup.to(device), persistent=False)
+        self.register_buffer("_block_index", self.block_lookup(device), persistent=False)
         self.head = RegressionHead(cfg.head, hidden, cfg.head_hidden, vis_dim, cfg.num_queries).to(device)
         self.projector = VisualProjector(vis_dim, hidden, cfg.vis_tokens).to(device)
 
     # -- pieces ------------------------------------------------------------------------------------------
+
+    def block_lookup(self, device: torch.device | str = "cpu") -> torch.Tensor:
+        """[vocabulary] token id -> its row of ``image_embeds`` (-1: not an image-block token), on ``device``.
+
+        Built on the CPU whatever the default device; the meta-device shape check (director.meta_check), whose
+        token ids stay real CPU tensors, puts this lookup on the CPU beside them."""
+        block = [self.img_begin_id, self.img_end_id, *self.query_ids]  # the rows of image_embeds, in order
+        lookup = torch.full((len(self.tokenizer),), -1, dtype=torch.long, device="cpu")
+        lookup[torch.tensor(block, device="cpu")] = torch.arange(len(block), device="cpu")
+        return lookup.to(device)
 
     def embedding_layer(self) -> nn.Embedding:
         return self.lm.get_input_embeddings()
@@ -259,8 +267,8 @@ class Director(nn.Module):
             emb = emb.requires_grad_()
         idx = self._block_index[ids]
         mask = idx >= 0
-        if mask.any():
-            emb = emb.masked_scatter(mask.unsqueeze(-1), self.image_embeds[idx[mask]].to(emb.dtype))
+        if mask.any():  # masks go where the embeddings are (the meta shape check reads them from CPU ids)
+            emb = emb.masked_scatter(mask.unsqueeze(-1).to(emb.device), self.image_embeds[idx[mask]].to(emb.dtype))
         vis_mask = ids == self.vis_id
         n_slots = int(vis_mask.sum())
         if n_slots:
@@ -269,10 +277,20 @@ class Director(nn.Module):
                 raise ValueError(
                     f"{n_slots} <|vis|> slots need {n_slots // self.cfg.vis_tokens} embeddings, got {got}"
                 )
+            self.check_visual_dim(vis, "the embeddings for the <|vis|> slots")
             # the projector keeps its own dtype (fp32 beside a bf16 LM); its tokens join the LM's inputs in the LM's
             tokens = self.projector(vis.to(self.projector_dtype)).reshape(-1, self.hidden)
-            emb = emb.masked_scatter(vis_mask.unsqueeze(-1), tokens.to(emb.dtype))
+            emb = emb.masked_scatter(vis_mask.unsqueeze(-1).to(emb.device), tokens.to(emb.dtype))
         return emb
+
+    def check_visual_dim(self, z: torch.Tensor, what: str) -> None:
+        """ValueError unless ``z`` is [S, vis_dim]: embeddings of another visual space would otherwise meet the
+        projector's LayerNorm (or, as targets, broadcast against the predictions)."""
+        if z.ndim != 2 or z.shape[1] != self.vis_dim:
+            raise ValueError(
+                f"{what} have shape {list(z.shape)}, but this director's visual space is {self.vis_dim}-d "
+                f"(expected [S, {self.vis_dim}])"
+            )
 
     def run(
         self,
@@ -338,11 +356,15 @@ class Director(nn.Module):
         if self.lora_merged:
             raise RuntimeError("this director's LoRA is merged into the base weights (inference only)")
         ids, targets = batch["input_ids"], batch["targets"]
+        if targets.numel():
+            self.check_visual_dim(targets, "the visual targets")
         out = self.run(ids, targets if targets.numel() else None, batch["attention_mask"], hidden=True)
         logits = out.logits[:, :-1].float()
         labels = batch["labels"][:, 1:]
-        n_text = (labels != -100).sum()
-        text = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
+        n_text = (labels != -100).sum()  # where the labels are (the meta shape check keeps them on the CPU)
+        text = F.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), labels.reshape(-1).to(logits.device), ignore_index=-100
+        )
         if n_text == 0:
             text = logits.sum() * 0.0
         parts = {"text_loss": text}
