@@ -2,7 +2,8 @@
 
     videogen generate PLAN_DIR [--preset default|tiny|paper|PATH] [--frames N] [--fps F] [--seed S]
                       [--checkpoint RUN/final] [key=value ...]
-    videogen train --config tiny|paper|ablation-*|PATH data=COOKGEN_DIR[,DIR] out=RUN_DIR [key=value ...]
+    videogen train --preset tiny|paper|ablation-*|PATH data=COOKGEN_DIR[,DIR] out=RUN_DIR [key=value ...]
+    torchrun --nproc_per_node N -m videogen train --preset paper ...   # several processes (GPUs)
     videogen presets
 
 The ``default`` preset makes an *animatic* from the keyframes (no video weights exist offline); ``tiny`` runs
@@ -17,6 +18,7 @@ from pathlib import Path
 
 from auteur.cliutil import ArgumentParser, UsageError, parse_with_overrides, run_cli, setup_logging
 from auteur.config import list_presets, load_config
+from auteur.training import is_main_process
 from videogen.config import PRESETS, VideogenConfig
 
 log = logging.getLogger(__name__)
@@ -35,7 +37,7 @@ def _parser() -> ArgumentParser:
     g.add_argument("--no-progress", action="store_true")
     g.add_argument("overrides", nargs="*", metavar="key=value")
     t = sub.add_parser("train", help="LoRA + projector fine-tuning with the embedding regularisers")
-    t.add_argument("--config", default="tiny")
+    t.add_argument("--preset", "--config", dest="preset", default="tiny", help="tiny, paper, an ablation-*, or a YAML")
     t.add_argument("--no-progress", action="store_true")
     t.add_argument("overrides", nargs="*", metavar="key=value", help="data=DIR out=RUN_DIR train.max_steps=...")
     sub.add_parser("presets", help="list the presets")
@@ -76,9 +78,10 @@ def _generate(args) -> int:
 def _train(args) -> int:
     from videogen.train import train
 
-    cfg = load_config(VideogenConfig, args.config, args.overrides, preset_dir=PRESETS)
+    cfg = load_config(VideogenConfig, args.preset, args.overrides, preset_dir=PRESETS)
     final = train(cfg, progress=not args.no_progress)
-    print(f"trained videogen (LoRA + projector) -> {final}")
+    if is_main_process():  # under torchrun / accelerate launch the main process reports
+        print(f"trained videogen (LoRA + projector) -> {final}")
     return 0
 
 

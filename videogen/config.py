@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from auteur.training import TrainLoop
+
 PRESETS = Path(__file__).parent / "presets"
 
 
@@ -75,16 +77,22 @@ class LoraConfig:
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(TrainLoop):
+    """The shared loop settings (:class:`auteur.training.TrainLoop`: ``batch_size`` clips per micro-batch over all
+    processes, a multiple of their count) with videogen's defaults, and videogen's own."""
+
     lr: float = 1e-4
-    weight_decay: float = 0.0
     max_steps: int = 1000
     batch_size: int = 1
-    grad_clip: float = 1.0
     save_every: int = 100
     log_every: int = 10
     frames: int = 9  # frames sampled from each training clip ((frames - 1) % 4 == 0 for Wan's VAE)
-    threads: int = 0
+    # the encoded clips, first-frame conditions and prompts (encoded once, read back per batch); none: RUN/cache.
+    # Runs on the same builds and model (ablations) can share one folder; its subfolder names the settings
+    cache_dir: str | None = None
+    # recompute each transformer block's activations in the backward pass instead of keeping them: Wan 14B at
+    # 81x480x832 keeps ~1 GB per block and tensor otherwise (diffusers' enable_gradient_checkpointing)
+    gradient_checkpointing: bool = False
 
 
 @dataclass
@@ -109,5 +117,6 @@ class VideogenConfig:
     resume: Literal["auto", "never"] = "auto"
     seed: int = 0
     # bf16: generation loads a pretrained transformer and text encoder in bf16 (the VAE stays fp32); training
-    # runs accelerate's bf16 mixed precision
+    # holds the frozen transformer and text encoder in bf16 (tiny too), keeps the trainable LoRA and projector in
+    # fp32 and runs the forward under bf16 autocast
     precision: Literal["fp32", "bf16"] = "fp32"

@@ -26,5 +26,6 @@ class EmbeddingProjector(nn.Module):
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         if z.ndim != 2 or z.shape[1] != self.in_dim:
             raise ValueError(f"projector expects embeddings [B, {self.in_dim}], got {tuple(z.shape)}")
-        out = self.mlp(self.norm(z.float())).view(z.shape[0], self.num_tokens, self.out_dim)
+        # in the parameters' dtype: fp32, or bf16 where FSDP's mixed precision casts them (layer_norm refuses a mix)
+        out = self.mlp(self.norm(z.to(self.norm.weight.dtype))).view(z.shape[0], self.num_tokens, self.out_dim)
         return out + self.tokens

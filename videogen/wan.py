@@ -21,6 +21,7 @@ from __future__ import annotations
 import inspect
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,9 @@ CKPT_META = "videogen.json"
 PROJECTOR_FILE = "projector.safetensors"
 LORA_FILE = "lora.safetensors"
 VAE_TEMPORAL = 4  # Wan's VAE compresses 4 frames into one latent frame after the first
+#: the text length Wan I2V must be given: diffusers' Wan attention takes the tokens before the last 512 of the
+#: cross-attention context (image tokens ‖ text tokens) as the image tokens, whatever the text's length
+WAN_TEXT_TOKENS = 512
 
 
 def _pipeline_class():
@@ -78,23 +82,39 @@ def check_frames(frames: int) -> None:
         )
 
 
+def check_text_tokens(max_sequence_length: int, image_dim: int | None) -> None:
+    """VideogenError unless an I2V transformer (``image_dim`` set) gets prompts of exactly ``WAN_TEXT_TOKENS``:
+    with another length diffusers would split image from text tokens at the wrong place, silently."""
+    if image_dim is not None and max_sequence_length != WAN_TEXT_TOKENS:
+        raise VideogenError(
+            f"wan.max_sequence_length={max_sequence_length}: Wan I2V needs {WAN_TEXT_TOKENS} text tokens (its "
+            f"attention takes all but the last {WAN_TEXT_TOKENS} context tokens as image tokens)"
+        )
+
+
 #: what videogen loads from a local diffusers Wan 2.1 I2V folder (it also holds ``image_encoder/`` and
 #: ``image_processor/``, unused: the image tokens come from the projector)
 WAN_PARTS = ("tokenizer", "text_encoder", "vae", "transformer", "scheduler")
 WAN_WEIGHTS = ("text_encoder", "vae", "transformer")
 
 
-def _load_pretrained(cfg: WanConfig, dtype: torch.dtype) -> dict[str, Any]:
-    """The components from ``cfg.model_id`` (a local diffusers folder, or a hub id already in the local cache).
+def _load_pretrained(
+    cfg: WanConfig, dtype: torch.dtype, parts: Sequence[str] = WAN_PARTS, device: torch.device | None = None
+) -> dict[str, Any]:
+    """The components ``parts`` from ``cfg.model_id`` (a local diffusers folder, or a hub id already in the local
+    cache).
 
     The transformer and text encoder load in ``dtype``, the VAE in float32 (as diffusers advises for Wan). The
     scheduler is the folder's own class (UniPC in the published Wan folders; a FlowMatchEuler config read into
-    another class would lose its shift) with its shift set to ``cfg.flow_shift``."""
+    another class would lose its shift) with its shift set to ``cfg.flow_shift``. With ``device`` the models
+    load straight onto it (``device_map``): eight training processes do not each hold a 14B copy in host memory
+    on the way to their GPU."""
     import diffusers
     from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanTransformer3DModel
     from transformers import AutoTokenizer, UMT5EncoderModel
 
     src, kw = cfg.model_id, {"local_files_only": True}
+    place = {} if device is None else {"device_map": {"": device}}
     root = Path(src).expanduser()
     if root.is_dir():  # an incomplete folder is named here, before the libraries log errors of their own
         lacking = training.model_folder_gaps(root, WAN_PARTS, WAN_WEIGHTS)
@@ -102,49 +122,81 @@ def _load_pretrained(cfg: WanConfig, dtype: torch.dtype) -> dict[str, Any]:
             raise VideogenError(f"wan.model_id={src}: not a complete diffusers Wan folder (no {', '.join(lacking)})")
     loaders = {
         "tokenizer": lambda: AutoTokenizer.from_pretrained(src, subfolder="tokenizer", **kw),
-        "text_encoder": lambda: UMT5EncoderModel.from_pretrained(src, subfolder="text_encoder", dtype=dtype, **kw),
-        "vae": lambda: AutoencoderKLWan.from_pretrained(src, subfolder="vae", dtype=torch.float32, **kw),
-        "transformer": lambda: WanTransformer3DModel.from_pretrained(src, subfolder="transformer", dtype=dtype, **kw),
+        "text_encoder": lambda: UMT5EncoderModel.from_pretrained(
+            src, subfolder="text_encoder", dtype=dtype, **kw, **place
+        ),
+        "vae": lambda: AutoencoderKLWan.from_pretrained(src, subfolder="vae", dtype=torch.float32, **kw, **place),
+        "transformer": lambda: WanTransformer3DModel.from_pretrained(
+            src, subfolder="transformer", dtype=dtype, **kw, **place
+        ),
         "scheduler": lambda: FlowMatchEulerDiscreteScheduler.load_config(src, subfolder="scheduler", **kw),
     }
     comps: dict[str, Any] = {}
-    for part, load in loaders.items():
+    for part in parts:
         try:
-            comps[part] = load()
+            comps[part] = loaders[part]()
         except (OSError, ValueError) as e:
             raise VideogenError(f"cannot load Wan from {src} ({part}/): {str(e).splitlines()[0]}") from None
-    sched = comps["scheduler"]
-    cls = getattr(diffusers, str(sched.get("_class_name")), None)
-    shift = "flow_shift" if "flow_shift" in sched else "shift"
-    if cls is None or shift not in inspect.signature(cls.__init__).parameters:
-        raise VideogenError(f"{src}: scheduler {sched.get('_class_name')!r} is not a flow-matching scheduler")
-    comps["scheduler"] = cls.from_config(sched, **{shift: cfg.flow_shift})
-    comps["text_encoder"].eval()
-    comps["vae"].eval()
+    if "scheduler" in comps:
+        sched = comps["scheduler"]
+        cls = getattr(diffusers, str(sched.get("_class_name")), None)
+        shift = "flow_shift" if "flow_shift" in sched else "shift"
+        if cls is None or shift not in inspect.signature(cls.__init__).parameters:
+            raise VideogenError(f"{src}: scheduler {sched.get('_class_name')!r} is not a flow-matching scheduler")
+        comps["scheduler"] = cls.from_config(sched, **{shift: cfg.flow_shift})
+    for frozen in ("text_encoder", "vae"):
+        if frozen in comps:
+            comps[frozen].eval()
     return comps
 
 
-def build_components(cfg: WanConfig, dtype: torch.dtype = torch.float32) -> dict[str, Any]:
-    """The pipeline's components: ``tiny`` from config (seeded, float32), or ``pretrained`` from a local folder
-    (transformer and text encoder in ``dtype``)."""
-    from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanTransformer3DModel
-    from transformers import UMT5Config, UMT5EncoderModel
+def build_components(
+    cfg: WanConfig,
+    dtype: torch.dtype = torch.float32,
+    parts: Sequence[str] = WAN_PARTS,
+    device: torch.device | None = None,
+) -> dict[str, Any]:
+    """The pipeline's components named in ``parts`` (all by default; training loads the frozen encoders and the
+    transformer at different times): ``tiny`` from config (each seeded on its own, so any subset is the same
+    weights; float32), or ``pretrained`` from a local folder (transformer and text encoder in ``dtype``). With
+    ``device`` the models are placed on it."""
+    from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler
 
     if cfg.source == "pretrained":
         if not cfg.model_id:
             raise VideogenError("wan.source=pretrained needs wan.model_id (a local diffusers Wan 2.1 I2V folder)")
-        return _load_pretrained(cfg, dtype)
-    torch.manual_seed(0)
-    vae = AutoencoderKLWan(
-        base_dim=cfg.vae_base_dim,
-        z_dim=16,
-        dim_mult=[1, 1, 1, 1],
-        num_res_blocks=1,
-        temperal_downsample=[False, True, True],
-    ).eval()
+        return _load_pretrained(cfg, dtype, parts, device)
+    comps: dict[str, Any] = {}
+    if "vae" in parts:
+        torch.manual_seed(0)
+        comps["vae"] = AutoencoderKLWan(
+            base_dim=cfg.vae_base_dim,
+            z_dim=16,
+            dim_mult=[1, 1, 1, 1],
+            num_res_blocks=1,
+            temperal_downsample=[False, True, True],
+        ).eval()
     tokenizer = byte_level_tokenizer()
+    if "tokenizer" in parts:
+        comps["tokenizer"] = tokenizer
+    if "text_encoder" in parts:
+        comps["text_encoder"] = _tiny_text_encoder(cfg, tokenizer)
+    if "transformer" in parts:
+        comps["transformer"] = _tiny_transformer(cfg)
+    if "scheduler" in parts:
+        comps["scheduler"] = FlowMatchEulerDiscreteScheduler(shift=cfg.flow_shift)
+    if device is not None:
+        for part in ("vae", "text_encoder", "transformer"):
+            if part in comps:
+                comps[part].to(device)
+    return comps
+
+
+def _tiny_text_encoder(cfg: WanConfig, tokenizer):
+    from transformers import UMT5Config, UMT5EncoderModel
+
     torch.manual_seed(0)
-    text_encoder = UMT5EncoderModel(
+    return UMT5EncoderModel(
         UMT5Config(
             vocab_size=len(tokenizer),
             d_model=cfg.text_dim,
@@ -157,8 +209,13 @@ def build_components(cfg: WanConfig, dtype: torch.dtype = torch.float32) -> dict
             dropout_rate=0.0,
         )
     ).eval()  # frozen: a module built from config starts in train mode, and T5's dropout would draw from the RNG
+
+
+def _tiny_transformer(cfg: WanConfig):
+    from diffusers import WanTransformer3DModel
+
     torch.manual_seed(0)
-    transformer = WanTransformer3DModel(
+    return WanTransformer3DModel(
         patch_size=(1, 2, 2),
         num_attention_heads=cfg.num_attention_heads,
         attention_head_dim=cfg.attention_head_dim,
@@ -173,9 +230,6 @@ def build_components(cfg: WanConfig, dtype: torch.dtype = torch.float32) -> dict
         rope_max_seq_len=32,
         image_dim=cfg.image_dim,
     )
-    scheduler = FlowMatchEulerDiscreteScheduler(shift=cfg.flow_shift)
-    return {"tokenizer": tokenizer, "text_encoder": text_encoder, "vae": vae, "transformer": transformer,
-            "scheduler": scheduler}  # fmt: skip
 
 
 def encode_prompts(tokenizer, text_encoder, texts: list[str], max_len: int) -> torch.Tensor:
@@ -212,17 +266,22 @@ def lora_state(transformer) -> dict[str, torch.Tensor]:
 def save_videogen_checkpoint(folder: Path, transformer, projector: EmbeddingProjector, cfg: VideogenConfig,
                              space: VisualSpace, **meta: Any) -> Path:  # fmt: skip
     """Write what training changes (LoRA, projector) and what it needs to be rebuilt into ``folder``."""
+    with atomic_dir(folder) as tmp:
+        write_videogen_files(tmp, lora_state(transformer), dict(projector.state_dict()), cfg, space, **meta)
+    return folder
+
+
+def write_videogen_files(folder: Path, lora: dict[str, torch.Tensor], projector: dict[str, torch.Tensor],
+                         cfg: VideogenConfig, space: VisualSpace, **meta: Any) -> None:  # fmt: skip
+    """The checkpoint files into the existing folder ``folder``: ``lora`` (peft's saved layout, no adapter name),
+    ``projector`` (its state dict) and ``videogen.json`` (what rebuilds the model, and ``meta``)."""
     from safetensors.torch import save_file
 
-    with atomic_dir(folder) as tmp:
-        save_file(lora_state(transformer), str(tmp / LORA_FILE))
-        save_file(
-            {k: v.detach().contiguous().cpu() for k, v in projector.state_dict().items()}, str(tmp / PROJECTOR_FILE)
-        )
-        info = {"format": CKPT_FORMAT, "space": space.to_json(), "wan": to_dict(cfg.wan),
-                "projector": to_dict(cfg.projector), "lora": to_dict(cfg.lora), **meta}  # fmt: skip
-        (tmp / CKPT_META).write_text(json.dumps(info, indent=2) + "\n")
-    return folder
+    save_file({k: v.detach().contiguous().cpu() for k, v in lora.items()}, str(folder / LORA_FILE))
+    save_file({k: v.detach().contiguous().cpu() for k, v in projector.items()}, str(folder / PROJECTOR_FILE))
+    info = {"format": CKPT_FORMAT, "space": space.to_json(), "wan": to_dict(cfg.wan),
+            "projector": to_dict(cfg.projector), "lora": to_dict(cfg.lora), **meta}  # fmt: skip
+    (folder / CKPT_META).write_text(json.dumps(info, indent=2) + "\n")
 
 
 def read_checkpoint_meta(folder: str | Path) -> dict[str, Any]:
@@ -268,6 +327,7 @@ class WanGenerator:
         image_dim = comps["transformer"].config.image_dim
         if image_dim is None:
             raise VideogenError("this Wan transformer takes no image embeddings (not a Wan 2.1 I2V model)")
+        check_text_tokens(cfg.wan.max_sequence_length, image_dim)
         torch.manual_seed(cfg.seed)
         self.projector = EmbeddingProjector(space.dim, image_dim, cfg.projector.num_tokens, cfg.projector.hidden)
         self.trained = meta is not None

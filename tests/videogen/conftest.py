@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,8 @@ from auteur.video import write_mp4
 COLOURS = [(220, 30, 30), (30, 200, 40), (40, 60, 220), (230, 200, 20)]
 
 
-def make_plan(folder: Path, n: int = 3, dim: int = 8, keyframes: bool = True, embeddings: bool = True) -> Path:
+def make_plan(folder: Path, n: int = 3, dim: int = 8, keyframes: bool = True, embeddings: bool = True,
+              space_name: str = "test/random") -> Path:  # fmt: skip
     """A plan of ``n`` steps, keyframe i a flat ``COLOURS[i]`` 96x64 PNG, random embeddings in a test space."""
     folder.mkdir(parents=True, exist_ok=True)
     steps = []
@@ -31,9 +33,15 @@ def make_plan(folder: Path, n: int = 3, dim: int = 8, keyframes: bool = True, em
         )
     torch.manual_seed(1)
     emb = torch.randn(n, dim) if embeddings else None
-    space = VisualSpace("test/random", dim) if embeddings else None
+    space = VisualSpace(space_name, dim) if embeddings else None
     save_plan(Plan(query="how to test a pipeline", steps=steps, embeddings=emb, space=space), folder)
     return folder
+
+
+def plan_for_checkpoint(folder: Path, checkpoint: Path, n: int = 2) -> Path:
+    """A plan of ``n`` steps whose embeddings are in the visual space the videogen ``checkpoint`` was trained on."""
+    space = json.loads((checkpoint / "videogen.json").read_text())["space"]
+    return make_plan(folder, n=n, dim=int(space["dim"]), space_name=space["name"])
 
 
 #: a small animatic (64x64, 1 s a step at 8 fps) so tests stay fast; the default preset is 640x640 at 24 fps

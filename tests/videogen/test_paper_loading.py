@@ -142,14 +142,40 @@ def test_incomplete_folder_is_one_line_on_the_real_stderr(wan_folder: Path, tmp_
 
 def test_training_on_the_pretrained_folder_starts_the_same_lora_in_every_run_of_a_seed(wan_folder: Path):
     """The pretrained path builds nothing from a seed, so the LoRA's random A matrices need one of their own."""
-    from videogen.train import FlowMatchingTrainer
+    from videogen.train import build_model
 
     cfg = load_config(VideogenConfig, "paper", [f"wan.model_id={wan_folder}", "precision=fp32"], preset_dir=PRESETS)
 
     def lora(seed: int) -> dict[str, torch.Tensor]:
         torch.manual_seed(seed)  # whatever the global random state before
-        model = FlowMatchingTrainer(cfg, _space())
-        return {n: p.detach().clone() for n, p in model.transformer.named_parameters() if "lora_A" in n}
+        model = build_model(cfg, _space())
+        return {n: p.detach().clone() for n, p in model.named_parameters() if "lora_A" in n}
 
     a, b = lora(1), lora(2)
     assert a and a.keys() == b.keys() and all(torch.equal(a[n], b[n]) for n in a)
+
+
+def test_paper_training_runs_from_the_saved_folder_in_bf16(wan_folder: Path, tiny_cookgen_clips: Path, tmp_path):
+    """The paper preset (bf16, gradient checkpointing) trains from the folder, every part loaded onto the training
+    device (``device_map``); the tiny transformer cast for bf16 training has the dtypes of the pretrained one."""
+    from videogen.train import FrozenEncoders, build_model, load_samples, train
+
+    over = [f"wan.model_id={wan_folder}", f"data={tiny_cookgen_clips}", f"out={tmp_path / 'run'}",
+            "train.frames=5", "wan.height=32", "wan.width=32", "train.max_steps=2", "train.batch_size=2",
+            "train.save_every=2"]  # fmt: skip
+    cfg = load_config(VideogenConfig, "paper", over, preset_dir=PRESETS)
+    assert cfg.precision == "bf16" and cfg.train.gradient_checkpointing
+    _, space = load_samples(cfg)
+    pretrained = build_model(cfg, space)
+    tiny = build_model(load_config(VideogenConfig, "tiny", ["precision=bf16"], preset_dir=PRESETS), space)
+    dtypes = {n: p.dtype for n, p in pretrained.named_parameters()}
+    assert dtypes == {n: p.dtype for n, p in tiny.named_parameters()}
+    assert {dtypes[n] for n, p in pretrained.named_parameters() if not p.requires_grad} == {torch.bfloat16,
+                                                                                            torch.float32}  # fmt: skip
+    assert {p.dtype for p in FrozenEncoders(cfg, torch.device("cpu")).text_encoder.parameters()} == {torch.bfloat16}
+    final = train(cfg, progress=False)
+    meta = json.loads((final / "videogen.json").read_text())
+    assert meta["wan"]["model_id"] == str(wan_folder) and meta["precision"] == "bf16" and meta["step"] == 2
+    settings = json.loads(next((tmp_path / "run" / "cache").glob("*/settings.json")).read_text())
+    assert settings["model"] == {"source": "pretrained", "model_id": str(wan_folder.resolve())}
+    assert settings["frames"] == 5 and settings["dtype"] == "torch.bfloat16"
