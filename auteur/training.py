@@ -146,11 +146,13 @@ class TrainTask:
         return cyclic_batch(self.num_samples(), step, micro, batch_size, seed, self.grad_accum)
 
     grad_accum: int = 1  # set by fit: the default global_batch counts micro-batches with it
+    micro: int = 0  # set by fit before each micro-batch's global_batch and batch calls
     final_validation: dict[str, float] = {}  # set by fit before the final save_weights: the last validation
 
     def batch(self, indices: list[int], positions: list[int], step: int, device: torch.device) -> Any:
         """This process's share of a micro-batch: samples ``indices`` at ``positions`` of the global batch (draws
-        seeded by position keep a sample's noise the same whatever the process count)."""
+        seeded by position keep a sample's noise the same whatever the process count). :func:`fit` sets
+        :attr:`micro` (the micro-batch within the step) before it calls :meth:`global_batch` and then this."""
         raise NotImplementedError
 
     def forward(self, model: nn.Module, batch: Any) -> dict[str, torch.Tensor]:
@@ -734,6 +736,7 @@ def fit(
         for group in optimizer.param_groups:
             group["lr"] = lr
         for micro in range(loop.grad_accum):
+            task.micro = micro
             indices = task.global_batch(step, micro, loop.batch_size, seed)
             positions = shard(indices, rank, world)
             if not positions:

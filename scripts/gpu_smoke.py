@@ -122,12 +122,35 @@ def run(device: str, work: Path, verbose: bool = False) -> int:
         _cli(cookgen, argv + ["--config", "tiny", "--no-progress", "filter.min_clip_seconds=0.5"])
         return "2 dishes, 8 steps"
 
-    def director_train() -> str:
-        over = [f"data={data}", f"out={work / 'director'}", "precision=bf16", "backbone.dtype=bfloat16", *short]
-        _cli(director, ["train", "--preset", "tiny", *over])
-        meta = json.loads((work / "director" / "final" / "director.json").read_text())
-        dtypes = {str(v.dtype) for v in trained_tensors(work / "director" / "final").values()}
-        return f"step {meta['step']}, trainable {'/'.join(sorted(dtypes))}"
+    def trained(run: Path) -> str:
+        """What a 4-step run left: its last checkpoint's step, the steps logged, the dtypes of what it trained."""
+        from safetensors.torch import load_file
+
+        state = json.loads((run / "checkpoints" / "step-000004" / "state.json").read_text())
+        dtypes = {str(v.dtype).removeprefix("torch.") for f in (run / "final").glob("*.safetensors")
+                  for v in load_file(str(f)).values() if v.is_floating_point()}  # fmt: skip
+        if dtypes != {"float32"}:
+            raise RuntimeError(f"trained tensors in {sorted(dtypes)}, not float32")
+        return f"step {state['step']}, trained tensors float32"
+
+    def resumed(run: Path, main: Callable[[list[str]], int], argv: list[str]) -> str:
+        """Run ``argv`` again with one more step: it must resume from step 4 and log each step once."""
+        import csv
+
+        _cli(main, [*argv, "train.max_steps=5"])
+        with (run / "log.csv").open() as f:
+            steps = [r["step"] for r in csv.DictReader(f) if r["split"] == "train"]
+        if steps != [str(i) for i in range(1, 6)]:
+            raise RuntimeError(f"log steps after the resume: {steps}")
+        return "resumed at step 4, ran step 5, each step logged once"
+
+    def trainer(name: str, main: Callable[[list[str]], int], run: Path, extra: list[str], then=None) -> None:
+        """Train 4 steps (``then``: checks of the 4-step result), then resume for a fifth."""
+        argv = ["train", "--preset", "tiny", f"data={data}", f"out={run}", *extra, *short]
+        if smoke.check(f"{name} train bf16", lambda: (_cli(main, argv), trained(run))[1]):
+            if then is not None:
+                then()
+            smoke.check(f"{name} train resume", lambda: resumed(run, main, argv))
 
     def director_resume() -> str:
         args = ["director", "train", "--preset", "tiny", f"data={data}", f"out={work / 'director-kill'}",
@@ -149,32 +172,17 @@ def run(device: str, work: Path, verbose: bool = False) -> int:
         steps = json.loads((plan / "plan.json").read_text())["steps"]
         return f"{len(steps)} steps planned"
 
-    def renderer_train() -> str:
-        over = [f"data={data}", f"out={work / 'renderer'}", "flux.dtype=bf16", *short]
-        _cli(renderer, ["train", "--preset", "tiny", *over])
-        return "4 steps"
-
     def renderer_render() -> str:
         _cli(renderer, ["render", str(plan), "--preset", "tiny", "--checkpoint", str(work / "renderer" / "final"),
                         "--size", "32x32", "flux.dtype=bf16", "flux.num_inference_steps=2"])  # fmt: skip
         steps = json.loads((plan / "plan.json").read_text())["steps"]
         return f"{sum(1 for s in steps if s.get('keyframe'))} keyframes"
 
-    def videogen_train() -> str:
-        _cli(videogen, ["train", "--preset", "tiny", f"data={data}", f"out={work / 'videogen'}", "precision=bf16",
-                        *short])  # fmt: skip
-        return "4 steps"
-
     def videogen_generate() -> str:
         _cli(videogen, ["generate", str(plan), "--preset", "tiny", "--checkpoint", str(work / "videogen" / "final"),
                         "precision=bf16"])  # fmt: skip
         clips = sorted((plan / "clips").glob("*.mp4")) if (plan / "clips").is_dir() else []
         return f"{len(clips)} clips"
-
-    def anchors_train() -> str:
-        _cli(anchors, ["train", "--preset", "tiny", f"data={data}", f"out={work / 'anchors'}", "precision=bf16",
-                       *short])  # fmt: skip
-        return "4 steps"
 
     def anchors_generate() -> str:
         story = work / "story.json"
@@ -197,14 +205,18 @@ def run(device: str, work: Path, verbose: bool = False) -> int:
         return fn
 
     if smoke.check("cookgen build (tiny)", build):
-        if smoke.check("director train bf16", director_train):
-            smoke.check("director train kill + resume", director_resume)
+        trainer("director", director, work / "director", ["precision=bf16", "backbone.dtype=bfloat16"],
+                then=lambda: smoke.check("director train kill + resume", director_resume))  # fmt: skip
+        if (work / "director" / "final").is_dir():
             smoke.check("director plan bf16", director_plan)
-        if smoke.check("renderer train bf16", renderer_train) and (plan / "plan.json").is_file():
+        trainer("renderer", renderer, work / "renderer", ["flux.dtype=bf16"])
+        if (work / "renderer" / "final").is_dir() and (plan / "plan.json").is_file():
             smoke.check("renderer render bf16", renderer_render)
-        if smoke.check("videogen train bf16", videogen_train) and (plan / "plan.json").is_file():
+        trainer("videogen", videogen, work / "videogen", ["precision=bf16"])
+        if (work / "videogen" / "final").is_dir() and (plan / "plan.json").is_file():
             smoke.check("videogen generate bf16", videogen_generate)
-        if smoke.check("anchors train bf16", anchors_train):
+        trainer("anchors", anchors, work / "anchors", ["precision=bf16"])
+        if (work / "anchors" / "final").is_dir():
             smoke.check("anchors generate bf16", anchors_generate)
         if gpus >= 2:
             smoke.check("director train 2 GPUs (ddp)", two_processes("ddp"))

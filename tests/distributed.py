@@ -27,16 +27,9 @@ def torchrun(
     env.pop("AUTEUR_KILL_AFTER_STEP", None)
     if kill_after is not None:
         env["AUTEUR_KILL_AFTER_STEP"] = str(kill_after)
-    cmd = [str(TORCHRUN), "--nproc_per_node", str(nproc), "--master_port", str(_free_port()), "-m", package, *args]
+    # --standalone: a c10d rendezvous on a port torchrun picks itself (no race with other runs for a chosen port)
+    cmd = [str(TORCHRUN), "--standalone", "--nproc_per_node", str(nproc), "-m", package, *args]
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def check_ok(proc: subprocess.CompletedProcess) -> None:
