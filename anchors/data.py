@@ -38,7 +38,7 @@ from PIL import Image
 
 from anchors.captions import Event, Story
 from anchors.config import DataConfig
-from auteur.builds import build_space
+from auteur.builds import read_videos
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +133,7 @@ def _video_frames(
 
     refs, steps, times, fps_seen = [], [], [], []
     for k, (row, offset) in enumerate(zip(rows, _timeline(rows))):
-        clip = folder / row["clip"] if row["clip"] else None
+        clip = row["clip"] or None  # absolute, inside the build (auteur.builds.read_videos)
         if clip is not None and clip.is_file():
             info = probe(clip)
             at = [cfg.interval_seconds * (j + 0.5) for j in range(cfg.max_frames_per_step)]
@@ -143,8 +143,8 @@ def _video_frames(
             steps += [k] * len(at)
             if info.fps:
                 fps_seen.append(info.fps)
-        elif row["keyframe"] and (folder / row["keyframe"]).is_file():
-            refs.append(FrameRef(folder / row["keyframe"]))
+        elif row["keyframe"] and row["keyframe"].is_file():
+            refs.append(FrameRef(row["keyframe"]))
             times.append(offset + (row["end"] - row["start"]) / 2)  # CookGen's default keyframe position
             steps.append(k)
     fps = float(np.mean(fps_seen)) if fps_seen else cfg.default_fps
@@ -159,22 +159,12 @@ def frame_interval(times: list[float], fps: float) -> float:
 def load_story_samples(folders: list[str], split: str, cfg: DataConfig, height: int, width: int) -> list[StorySample]:
     """All windows of ``cfg.num_frames`` story frames in ``split`` of the CookGen builds ``folders``, at
     ``height`` x ``width``. Clips are probed, not decoded: a sample decodes its frames when asked."""
-    from datasets import load_from_disk
-
     samples: list[StorySample] = []
     for d in folders:
         folder = Path(d)
-        build_space(folder)  # raises BuildError unless folder is a CookGen build
-        if not (folder / split).is_dir():
-            continue
-        ds = load_from_disk(str(folder / split))
-        cols = ["video_id", "source", "dish", "step_index", "action", "caption", "start", "end", "clip", "keyframe"]
-        data = ds.select_columns(cols).to_list()
-        by_video: dict[str, list[dict]] = {}
-        for row in data:
-            by_video.setdefault(row["video_id"], []).append(row)
-        for vid, rows in by_video.items():
-            rows.sort(key=lambda r: r["step_index"])
+        cols = ["source", "dish", "action", "caption", "start", "end", "clip", "keyframe"]
+        for rows in read_videos(folder, split, cols):  # BuildError unless folder is a CookGen build
+            vid = rows[0]["video_id"]
             refs, steps, times, fps = _video_frames(folder, rows, cfg)
             if len(refs) < cfg.num_frames:
                 log.info("%s/%s: %d story frames, fewer than %d; skipped", folder.name, vid, len(refs), cfg.num_frames)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+
 from auteur.errors import AuteurError
 from auteur.plan import VisualSpace
 
@@ -50,8 +52,8 @@ def read_videos(folder: str | Path, split: str, columns: list[str] | None = None
 
     ``columns`` picks the columns read (all when None; ``video_id`` and ``step_index`` are always read). File
     columns (``clip``, ``keyframe``) that are set come back as absolute paths inside the build folder
-    (:func:`inside`). A split the build does not have gives no videos. The one reader of CookGen splits that the
-    four trainers share.
+    (:func:`inside`), embeddings as float32 numpy arrays. A split the build does not have gives no videos. The
+    one reader of CookGen splits that the four trainers share.
     """
     from datasets import load_from_disk
 
@@ -67,9 +69,15 @@ def read_videos(folder: str | Path, split: str, columns: list[str] | None = None
         wanted = list(dict.fromkeys(["video_id", "step_index", *columns]))
         ds = ds.select_columns(wanted)
     by_video: dict[str, list[dict]] = {}
-    for row in ds.to_list():
-        for col in FILE_COLUMNS:
-            if row.get(col):
-                row[col] = inside(folder, row[col], f"{split} {col}")
-        by_video.setdefault(row["video_id"], []).append(row)
+    # in slices, embeddings as float32 arrays: a whole split's embeddings as Python floats would take ~30 bytes each
+    for batch in ds.iter(batch_size=1024):
+        names = list(batch)
+        for values in zip(*(batch[c] for c in names)):
+            row = dict(zip(names, values))
+            for col in FILE_COLUMNS:
+                if row.get(col):
+                    row[col] = inside(folder, row[col], f"{split} {col}")
+            if row.get("embedding") is not None:
+                row["embedding"] = np.asarray(row["embedding"], dtype=np.float32)
+            by_video.setdefault(row["video_id"], []).append(row)
     return [sorted(rows, key=lambda r: r["step_index"]) for rows in by_video.values()]

@@ -57,7 +57,7 @@ def load_episodes(folder: str | Path, split: str, space: VisualSpace | None) -> 
         dish = rows[0]["dish"] or vid
         steps = []
         for r in rows:
-            emb = torch.tensor(r["embedding"], dtype=torch.float32) if has_emb and r["embedding"] is not None else None
+            emb = torch.from_numpy(r["embedding"]) if has_emb and r["embedding"] is not None else None
             steps.append((r["action"], r["caption"], emb))
         episodes.append(Episode(dish_query(dish), steps, source=f"{folder.name}/{vid}"))
     return episodes

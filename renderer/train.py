@@ -37,12 +37,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 from torch import nn
 
 from auteur import training
-from auteur.builds import build_space
+from auteur.builds import build_space, read_videos
 from auteur.config import save_config
 from auteur.plan import VisualSpace
 from auteur.training import SimulatedKill as SimulatedKill  # re-exported: tests catch `renderer.train.SimulatedKill`
@@ -82,8 +83,6 @@ def _manifest_space(folder: Path) -> VisualSpace:
 
 def load_episodes(folders: list[str], split: str = "train") -> tuple[list[Episode], VisualSpace]:
     """Episodes of ``split`` of each CookGen build; all builds must share one visual space."""
-    from datasets import load_from_disk
-
     episodes: list[Episode] = []
     space = None
     for d in folders:
@@ -94,21 +93,15 @@ def load_episodes(folders: list[str], split: str = "train") -> tuple[list[Episod
         if space is None:
             space = s
         space.check_same(s, what=f"embeddings of {folder}")
-        if not (folder / split).is_dir():
-            continue
-        data = load_from_disk(str(folder / split)).to_dict()
-        by_video: dict[str, list[int]] = {}
-        for i, vid in enumerate(data["video_id"]):
-            by_video.setdefault(vid, []).append(i)
-        for rows in by_video.values():
-            rows = [i for i in sorted(rows, key=lambda i: data["step_index"][i]) if data["keyframe"][i]]
+        for rows in read_videos(folder, split, ["keyframe", "caption", "action", "embedding"]):
+            rows = [r for r in rows if r["keyframe"]]
             if len(rows) < 2:
                 continue
             episodes.append(
                 Episode(
-                    keyframes=[folder / data["keyframe"][i] for i in rows],
-                    captions=[data["caption"][i] or data["action"][i] for i in rows],
-                    embeddings=torch.tensor([data["embedding"][i] for i in rows], dtype=torch.float32),
+                    keyframes=[r["keyframe"] for r in rows],
+                    captions=[r["caption"] or r["action"] for r in rows],
+                    embeddings=torch.from_numpy(np.stack([r["embedding"] for r in rows])),
                 )
             )
     if space is None:

@@ -52,7 +52,7 @@ from PIL import Image
 from torch import nn
 
 from auteur import training
-from auteur.builds import build_space, inside
+from auteur.builds import build_space, read_videos
 from auteur.config import to_dict
 from auteur.latent_cache import LatentCache
 from auteur.plan import VisualSpace
@@ -112,8 +112,6 @@ def load_samples(cfg: VideogenConfig) -> tuple[list[Sample], VisualSpace]:
     """The step rows of the ``cfg.split`` splits of the CookGen builds in ``cfg.data`` that have a clip, a
     keyframe and an embedding, as :class:`Sample` (names, caption and embedding; nothing is decoded), and the
     builds' visual space."""
-    from datasets import load_from_disk
-
     samples: list[Sample] = []
     spaces = set()
     for d in cfg.data:
@@ -124,24 +122,17 @@ def load_samples(cfg: VideogenConfig) -> tuple[list[Sample], VisualSpace]:
         spaces.add(space)
         if not (root / cfg.split).is_dir():
             raise VideogenError(f"{d} has no '{cfg.split}' split")
-        ds = load_from_disk(str(root / cfg.split))
-        lacking = [c for c in COLUMNS if c not in ds.column_names]
-        if lacking:
-            raise VideogenError(f"{d}/{cfg.split} has no column {lacking[0]!r} (a CookGen build of another version?)")
-        # in slices: a build's embeddings as Python floats would take ~30 bytes each
-        for rows in ds.select_columns(list(COLUMNS)).iter(batch_size=1024):
-            for clip, keyframe, emb, caption, action in zip(*(rows[c] for c in COLUMNS)):
-                if not clip or not keyframe or emb is None:
+        for rows in read_videos(root, cfg.split, list(COLUMNS)):  # file paths: absolute, inside the build
+            for r in rows:
+                clip_path, key_path, emb = r["clip"], r["keyframe"], r["embedding"]
+                if not clip_path or not key_path or emb is None:
                     continue
                 if len(emb) != space.dim:
                     raise VideogenError(f"{d}: an embedding of {len(emb)} values in space {space.name} "
                                         f"(dim {space.dim})")  # fmt: skip
-                clip_path = inside(root, clip, f"{cfg.split} clip")
-                key_path = inside(root, keyframe, f"{cfg.split} keyframe")
-                text = caption or action
+                text = r["caption"] or r["action"]
                 ids = [_file_id(clip_path, "clip"), _file_id(key_path, "keyframe"), text]
-                samples.append(Sample(json.dumps(ids), root, clip_path, key_path, text,
-                                      np.asarray(emb, dtype=np.float32)))  # fmt: skip
+                samples.append(Sample(json.dumps(ids), root, clip_path, key_path, text, emb))
     if len(spaces) > 1:
         raise VideogenError("the CookGen builds in data= are in different visual spaces; they cannot be mixed")
     if not samples:
