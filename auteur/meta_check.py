@@ -241,7 +241,17 @@ class Report(dict):
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the named stages' checks (all when none is named) and print what each saw; 1 on a mismatch."""
-    names = list(sys.argv[1:] if argv is None else argv) or list(STAGES)
+    import argparse
+
+    p = argparse.ArgumentParser(
+        prog="python -m auteur.meta_check",
+        description="Build the paper models from their published configs on the meta device (no memory, no weights) "
+        "and run each stage's own code through them at full size; exit 1 on a shape mismatch.",
+        epilog="example: python -m auteur.meta_check renderer director",
+    )
+    p.add_argument("stages", nargs="*", metavar="STAGE", help=f"any of {', '.join(STAGES)} (default: all)")
+    args = p.parse_args(argv)
+    names = args.stages or list(STAGES)
     unknown = [n for n in names if n not in STAGES]
     if unknown:
         print(f"error: unknown stage(s) {', '.join(unknown)}; choose from {', '.join(STAGES)}", file=sys.stderr)
