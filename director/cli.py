@@ -53,7 +53,12 @@ def resolve_config(preset: str, overrides: list[str]) -> DirectorConfig:
 
 
 def _slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:60] or "plan"
+    """The plan folder's name for a query: its ASCII words, or ``plan-<hash>`` when it has none (queries of emoji or
+    punctuation alone must not all land in one folder)."""
+    import hashlib
+
+    slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:60]
+    return slug or f"plan-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
 
 
 def _parser() -> ArgumentParser:
@@ -72,6 +77,7 @@ def _parser() -> ArgumentParser:
     pl.add_argument("--temperature", type=float, help="sampling temperature (0: greedy; default from the preset)")
     pl.add_argument("--no-captions", action="store_true", help="actions and visual states only")
     pl.add_argument("--json", action="store_true", help="print plan.json instead of the readable plan")
+    pl.add_argument("--quiet", action="store_true", help="print only the plan folder (no steps as they are planned)")
     pl.add_argument("--continue", dest="cont", type=Path, metavar="PLAN_DIR", help="continue an existing plan")
     pl.add_argument("--from-step", type=int, help="with --continue: keep steps 1..K, regenerate the rest")
     pl.add_argument("--image", type=Path, help="an initial image (the paper's initial image-text pair) to plan from")
@@ -128,18 +134,45 @@ def _embed_initial_image(image, path: Path, cfg: DirectorConfig, space):
 
 
 def _print_plan(folder: Path, note: str) -> None:
+    """Print a plan folder readably (control characters of a hand-edited plan removed)."""
     from auteur.plan import load_plan
 
     plan = load_plan(folder)
-    print(f"Plan: {plan.query}")
+    printer = _StepPrinter(plan.query)
     for s in plan.steps:
-        kept = " (kept)" if s.meta.get("kept") else ""
-        print(f"\n{s.index}. {s.action}{kept}")
+        printer("kept" if s.meta.get("kept") else "action", s.index, s.action)
         if s.caption:
-            print(f"   {s.caption}")
-    print(f"\n{len(plan.steps)} steps, visual states in {plan.space.name} (dim {plan.space.dim}) -> {folder}")
+            printer("caption", s.index, s.caption)
+    print(_summary(len(plan.steps), plan.space, folder))
     if note:
         print(note)
+
+
+def _summary(n: int, space, folder: Path) -> str:
+    return f"\n{n} steps, visual states in {space.name} (dim {space.dim}) -> {folder}"
+
+
+class _StepPrinter:
+    """Prints a plan step by step as the planner writes it (``Planner.plan(on_text=...)``), flushing each line:
+    the header, then ``k. action`` and ``   caption`` as each exists."""
+
+    def __init__(self, query: str) -> None:
+        self.query, self.started, self.headed = query, False, set()
+
+    def __call__(self, kind: str, k: int, text: str) -> None:
+        from auteur.text import printable
+
+        if not self.started:
+            print(f"Plan: {printable(self.query)}", flush=True)
+            self.started = True
+        if kind in ("action", "kept"):
+            print(f"\n{k}. {printable(text)}{' (kept)' if kind == 'kept' else ''}", flush=True)
+            self.headed.add(k)
+        elif kind == "caption":
+            if k not in self.headed:  # a caption-only plan (model.order=caption)
+                print(f"\n{k}. ", flush=True)
+                self.headed.add(k)
+            print(f"   {printable(text)}", flush=True)
 
 
 def _plan(args) -> int:
@@ -166,7 +199,11 @@ def _plan(args) -> int:
         if args.from_step is not None:
             raise UsageError("--from-step goes with --continue PLAN_DIR")
         query = args.query
-    if query is None or not query.strip():
+    if query is not None:
+        from auteur.text import printable
+
+        query = printable(query).strip()  # no terminal control codes in what is printed and written
+    if not query:
         raise UsageError('the query is empty: give what to plan, e.g. "how to cook a tuna sandwich"')
     if args.steps is not None and args.steps < 1:
         raise UsageError(f"--steps must be at least 1, got {args.steps}")
@@ -174,6 +211,7 @@ def _plan(args) -> int:
         raise UsageError("--image-caption goes with --image PATH")
     image = _read_image(args.image) if args.image is not None else None  # before any model loads
     out = check_plan_out(args.out or Path("runs") / "plans" / _slug(query))
+    replaces = (out / "plan.json").is_file()
     if args.preset is None:  # a continued plan keeps the director that wrote it
         args.preset = (old.provenance.get("preset") if args.cont is not None else None) or "default"
     cfg = resolve_config(args.preset, args.overrides)
@@ -202,7 +240,9 @@ def _plan(args) -> int:
     if args.steps is not None and len(keep) >= args.steps:
         raise UsageError(f"--steps {args.steps} leaves nothing to generate after keeping {len(keep)} steps")
     planner = Planner(director, cfg.plan)
-    result = planner.plan(query, steps=args.steps, seed=args.seed, keep=keep, initial=initial)
+    streaming = not (args.json or args.quiet)
+    printer = _StepPrinter(query) if streaming else None
+    result = planner.plan(query, steps=args.steps, seed=args.seed, keep=keep, initial=initial, on_text=printer)
     steps = [
         Step(index=i + 1, action=s.action, caption=s.caption, meta={"kept": True} if s.kept else {})
         for i, s in enumerate(result.steps)
@@ -237,11 +277,22 @@ def _plan(args) -> int:
     with atomic_dir(out) as tmp:
         save_plan(plan, tmp)
         save_config(cfg, tmp)
-    note = "" if trained else "note: an UNTRAINED director (random weights; tiny preset) wrote this plan"
+    notes = [] if trained else ["note: an UNTRAINED director (random weights; tiny preset) wrote this plan"]
+    if args.steps is None and not result.ended_by_model:
+        notes.append(f"note: the plan stopped at plan.max_steps ({cfg.plan.max_steps}) before the director ended it")
+    if replaces:
+        notes.append(f"note: replaced the plan that was in {out}")
     if args.json:
         print(json.dumps(plan_to_json(load_plan(out)), indent=2, ensure_ascii=False))
+    elif args.quiet:
+        print(out)
     else:
-        _print_plan(out, note)
+        if not printer.started:  # nothing was planned (every step kept)
+            _print_plan(out, "")
+        else:
+            print(_summary(len(plan.steps), space, out), flush=True)
+    for note in notes:  # on stderr: stdout stays the plan (or its JSON)
+        print(note, file=sys.stderr)
     return 0
 
 

@@ -18,6 +18,7 @@ hand) are fed as they are, and generation goes on from the next step.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -259,11 +260,15 @@ class Planner:
         keep: list[tuple[str, str, torch.Tensor]] | None = None,
         use_cache: bool = True,
         initial: tuple[str, torch.Tensor] | None = None,
+        on_text: Callable[[str, int, str], None] | None = None,
     ) -> PlanResult:
         """Plan ``query``; ``steps`` fixes the count (else the model ends it, within ``plan.max_steps``);
         ``keep`` carries over the first steps of an earlier plan ((action, caption, z) each). ``use_cache=False``
         re-encodes the history at every token (the baseline of ``benchmarks/plan_bench.py``). ``initial``
-        (caption, z): the paper's initial image-text pair, fed after the prompt (``director plan --image``)."""
+        (caption, z): the paper's initial image-text pair, fed after the prompt (``director plan --image``).
+        ``on_text(kind, k, text)`` is called as soon as each piece of step ``k`` exists: ``"kept"`` (a carried-over
+        step's action), ``"action"``, ``"caption"`` (so a CLI can print a plan while it is being planned)."""
+        emit = on_text or (lambda kind, k, text: None)
         order = self.d.cfg.order
         gen = torch.Generator(device=self.device).manual_seed(seed)  # torch.multinomial samples on the logits' device
         given = [PROMPT.format(query=query)] + [" " + t.strip() for a, c, _ in keep or [] for t in (a, c)]
@@ -294,6 +299,9 @@ class Planner:
             _, logits = self._visual(f, z)
             stats["prefill_seconds"] += time.perf_counter() - t0
             result.append(PlannedStep(action, caption, z, kept=True))
+            emit("kept", k, action)
+            if caption.strip():
+                emit("caption", k, caption)
         ended = False
         limit = steps if steps is not None else self.cfg.max_steps
         while len(result) < limit:
@@ -313,10 +321,13 @@ class Planner:
             action = caption = ""
             if order in ("action_caption", "action"):
                 action = self._text(f, logits, self.cfg.max_action_tokens, gen, stats, seen_actions)
+                emit("action", k, action)
                 logits, _ = f.feed(self.newline)
             if order in ("action_caption", "caption") and self.cfg.captions:
                 logits, _ = f.feed(self._ids("Caption:"))
                 caption = self._text(f, logits, self.cfg.max_caption_tokens, gen, stats, seen_captions)
+                if caption:
+                    emit("caption", k, caption)
                 logits, _ = f.feed(self.newline)
             z, logits = self._visual(f)
             result.append(PlannedStep(action, caption, z))

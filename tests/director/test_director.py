@@ -398,8 +398,9 @@ def test_cli_plan_writes_a_valid_plan_folder(tmp_path: Path, capsys) -> None:
     # a key=value override may follow the options
     argv = ["plan", "how to cook a tuna sandwich", "--preset", "tiny", "--steps", "2", "--out", str(out)]
     assert main([*argv, "plan.max_steps=5"]) == 0
-    text = capsys.readouterr().out
-    assert "Plan: how to cook a tuna sandwich" in text and "\n1. " in text and "UNTRAINED" in text
+    captured = capsys.readouterr()
+    text = captured.out
+    assert "Plan: how to cook a tuna sandwich" in text and "\n1. " in text and "UNTRAINED" in captured.err
     plan = load_plan(out)
     assert len(plan.steps) == 2 and plan.embeddings.shape == (2, 32)
     assert plan.space.name.startswith("open_clip-random/") and plan.provenance["models"]["director_trained"] is False
