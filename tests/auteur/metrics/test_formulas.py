@@ -34,6 +34,26 @@ def test_frechet_matches_scipy_sqrtm(seed):
     assert frechet_distance_from_features(a, b) == pytest.approx(_scipy_fid(a, b), rel=1e-6, abs=1e-6)
 
 
+@pytest.mark.parametrize(("n", "m"), [(3, 4), (5, 5), (10, 30)])
+def test_frechet_with_fewer_samples_than_dimensions_matches_scipy_sqrtm(n, m):
+    # N + M - 2 < D: computed in the span of the centred rows; the reference works on the full [D, D] matrices
+    rng = np.random.default_rng(n * m)
+    a = rng.normal(size=(n, 48)) ** 2
+    b = rng.normal(loc=0.5, size=(m, 48)) ** 2
+    ours = frechet_distance_from_features(a, b)
+    # exact: tr (S_a S_b)^{1/2} = nuclear norm of Xa Xb' / sqrt((n-1)(m-1)), X the centred rows
+    tr = scipy.linalg.svdvals((a - a.mean(0)) @ (b - b.mean(0)).T).sum() / math.sqrt((n - 1) * (m - 1))
+    sa, sb = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    exact = ((a.mean(0) - b.mean(0)) ** 2).sum() + np.trace(sa) + np.trace(sb) - 2 * tr
+    assert ours == pytest.approx(exact, rel=1e-12)
+    # the [D, D] routes lose ~1e-8 relative on these singular covariances (square roots of round-off eigenvalues)
+    assert ours == pytest.approx(_scipy_fid(a, b), rel=1e-7)
+    assert ours == pytest.approx(frechet_distance(*feature_stats(a), *feature_stats(b)), rel=1e-7)
+    assert frechet_distance_from_features(a, a) == pytest.approx(0, abs=1e-9)
+    with pytest.raises(MetricError):
+        frechet_distance_from_features(a, b[:, :10])
+
+
 def test_frechet_hand_computed():
     # 1-D: (m1 - m2)^2 + s1 + s2 - 2 sqrt(s1 s2) = 4 + 4 + 9 - 12 = 5
     assert frechet_distance(np.array([1.0]), np.array([[4.0]]), np.array([3.0]), np.array([[9.0]])) == pytest.approx(5)
