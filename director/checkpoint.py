@@ -7,7 +7,9 @@ A checkpoint folder holds only what training changes (a few MB, never the base L
 - ``director.json``: the base model id it was trained on, the visual space, the model config, provenance;
 - ``output_vocab.json``: the token ids of the texts it was trained to write (for ``plan.output_vocab``);
 - ``block_fill.safetensors``: what filled the image blocks of its text-only training steps
-  (``dataset.fill_blocks``), so that ``director validate`` scores any data in the format it was trained on.
+  (``dataset.fill_blocks``), so that ``director validate`` scores any data in the format it was trained on;
+- ``train_queries.json``: the queries of its training recipes (``how to make <dish>``), which ``director plan``
+  compares a query with to say when it is far from everything the director learned.
 
 :func:`build_director` loads the base LM (:mod:`director.backbone`), checks it is the one the checkpoint was
 trained on, and applies the checkpoint. A mismatch (another base model, another visual space) is an error.
@@ -39,6 +41,7 @@ EXTRA = "director_extra.safetensors"
 ADAPTER = "adapter_model.safetensors"
 OUTPUT_VOCAB = "output_vocab.json"
 BLOCK_FILL = "block_fill.safetensors"
+TRAIN_QUERIES = "train_queries.json"
 
 
 def save_checkpoint(
@@ -67,9 +70,11 @@ def write_checkpoint(
     output_vocab: Iterable[int] | None = None,
     block_fill: torch.Tensor | None = None,
     state: dict[str, torch.Tensor] | None = None,
+    train_queries: Iterable[str] | None = None,
     **meta: Any,
 ) -> None:
-    """Write the checkpoint files into the existing folder ``folder``: ``output_vocab``, the token ids of its
+    """Write the checkpoint files into the existing folder ``folder``: ``train_queries``, its training recipes'
+    queries (``train_queries.json``); ``output_vocab``, the token ids of its
     training labels (``output_vocab.json``); ``block_fill``, the fill of its text-only steps' image blocks
     (``block_fill.safetensors``); ``state``, the trained tensors by their names in the director (a full state
     that training gathered from every process and shard) instead of the director's own parameters."""
@@ -94,6 +99,22 @@ def write_checkpoint(
         write_output_vocab(folder, output_vocab)
     if block_fill is not None:
         write_block_fill(folder, block_fill)
+    if train_queries is not None:
+        atomic_write_json(folder / TRAIN_QUERIES, sorted(set(train_queries)))
+
+
+def read_train_queries(folder: str | Path) -> list[str] | None:
+    """The training queries a checkpoint records (``train_queries.json``); None when it has none."""
+    path = Path(folder) / TRAIN_QUERIES
+    if not path.is_file():
+        return None
+    try:
+        queries = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DirectorError(f"{path} is not valid JSON: {e}") from None
+    if not isinstance(queries, list) or not all(isinstance(q, str) for q in queries):
+        raise DirectorError(f"{path} must hold a list of strings")
+    return queries
 
 
 def write_block_fill(folder: str | Path, fill: torch.Tensor) -> None:

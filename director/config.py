@@ -87,6 +87,12 @@ class PlanConfig:
     # a step whose action repeats an earlier action verbatim is planned again with that action's first token
     # banned (up to this many times); when the model decides the length and it still repeats, the plan ends there
     retry_repeated_actions: int = 3
+    # `director plan` notes (stderr) when the query's all-MiniLM-L6-v2 cosine similarity to the nearest of the
+    # checkpoint's training queries (train_queries.json) is below this: the director knows what it was trained on
+    # (0: never). 0.40: below every cooking query of director/eval/free_form_queries.txt (lowest 0.451, sourdough
+    # bread) and every training query's nearest other (lowest 0.420); above 19 of 23 non-cooking queries
+    # (docs/director.md)
+    domain_note_below: float = 0.40
 
 
 @dataclass

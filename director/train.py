@@ -81,6 +81,11 @@ def _episodes(cfg: DirectorConfig, space: VisualSpace, split: str) -> list[Episo
     return episodes
 
 
+def training_queries(cfg: DirectorConfig, space: VisualSpace) -> list[str]:
+    """The queries of the training split's recipes (``how to make <dish>``), sorted, each once."""
+    return sorted({e.query for e in _episodes(cfg, space, cfg.dataset.train_split)})
+
+
 def block_fill(cfg: DirectorConfig, space: VisualSpace) -> torch.Tensor | None:
     """What fills the image blocks of text-only steps (``dataset.fill_blocks``): the mean embedding of the
     training split's steps (zeros when none has one); None when the option is off."""
@@ -207,6 +212,7 @@ class DirectorTask(training.TrainTask):
             backbone.tokenizer, director.image_block_ids(), cfg.model.order, cfg.dataset.max_tokens
         )
         self.fill = block_fill(cfg, self.space)
+        self.train_queries = training_queries(cfg, self.space)
         self.samples = training_samples(cfg, builder, self.space, self.fill)
         self.output_vocab = label_vocabulary(self.samples)
         if cfg.train.init_from:  # what the starting checkpoint learned to write, it can still write
@@ -258,9 +264,8 @@ class DirectorTask(training.TrainTask):
         if final:
             meta["trained_on"] = {"data": list(cfg.data), "train_samples": len(self.samples), "steps": step}
             meta["validation"] = self.final_validation
-        write_checkpoint(
-            self.director, folder, self.model_id, self.space, self.output_vocab, self.fill, state=state, **meta
-        )
+        write_checkpoint(self.director, folder, self.model_id, self.space, self.output_vocab, self.fill, state=state,
+                         train_queries=self.train_queries, **meta)  # fmt: skip
 
     def val_batches(self) -> int:
         return math.ceil(len(self.val_samples) / self.cfg.train.batch_size)

@@ -9,7 +9,8 @@ likeliest token (greedy) or draws again (sampling).
 
 The lexicon (``director/lexicon/english.txt.gz``, built by ``scripts/build_lexicon.py``): the 100,000 most frequent
 English words of wordfreq 3.1.1 made of letters (R. Speer; word-frequency data CC-BY-SA 4.0, so this derived list is
-too), plus every word of the default director's training texts; ~94,000 words. The words of the query and of the
+too), plus the words of the default director's training texts that wordfreq knows (their typos stay out);
+~94,000 words. The words of the query and of the
 steps a plan keeps are accepted too, so a dish name the list lacks can be written.
 """
 

@@ -5,9 +5,10 @@
     python scripts/build_lexicon.py [--top 100000]
 
 The list is the ``--top`` most frequent English words of wordfreq 3.1.1 (R. Speer, wordfreq; its word-frequency data
-is CC-BY-SA 4.0, so this derived list is too) that are made of letters only, lowercased, plus every word of the
+is CC-BY-SA 4.0, so this derived list is too) that are made of letters only, lowercased, plus the words of the
 texts the default director learned to write (YouCook2's step sentences and the VideoAuteur demo captions in
-``../shared/data``, when they are there). One word a line, sorted, gzip'd (~0.3 MB).
+``../shared/data``, when they are there) that wordfreq knows at all (the sentences' typos stay out). One word a
+line, sorted, gzip'd (~0.3 MB).
 """
 
 from __future__ import annotations
@@ -47,9 +48,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--top", type=int, default=100_000)
     p.add_argument("--out", type=Path, default=ROOT / "director" / "lexicon" / "english.txt.gz")
     args = p.parse_args(argv)
-    from wordfreq import top_n_list
+    from wordfreq import top_n_list, zipf_frequency
 
-    words = {w for w in top_n_list("en", args.top) if WORD.fullmatch(w)} | training_words()
+    # training words beyond the top list only when wordfreq knows them: YouCook2's sentences hold typos
+    # ("meausuring", "winea") that must not become words the planner may write
+    words = {w for w in top_n_list("en", args.top) if WORD.fullmatch(w)}
+    words |= {w for w in training_words() if zipf_frequency(w, "en") > 0}
     with gzip.open(args.out, "wt", encoding="utf-8", compresslevel=9) as f:
         f.write("\n".join(sorted(words)) + "\n")
     print(f"{len(words)} words -> {args.out} ({args.out.stat().st_size / 1e3:.0f} kB)")
