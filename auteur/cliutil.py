@@ -1,7 +1,12 @@
-"""What every console script shares: one-line errors with exit code 2, logging set-up.
+"""What every console script shares: one-line errors with exit code 2, logging set-up, help conventions.
 
 Each CLI is ``main(argv: list[str] | None = None) -> int`` (tests call it in-process) and wraps its body
 with :func:`run_cli`, which turns an :class:`AuteurError` into ``error: <message>`` on stderr and exit code 2.
+
+Help conventions (checked for every command by ``tests/auteur/test_cli_help.py``): every argument has a help
+string, every parser ends its ``--help`` with :func:`examples` (command lines that run as written from a
+checkout), a command that picks a preset spells it ``--preset`` (``--config`` is kept as an alias), and
+``key=value`` overrides are added with :func:`add_overrides`.
 """
 
 from __future__ import annotations
@@ -19,10 +24,42 @@ class UsageError(AuteurError):
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse, but a bad command line raises UsageError (one line, exit 2) instead of printing usage."""
+    """argparse, but a bad command line raises UsageError (one line, exit 2) instead of printing usage, and the
+    description and epilog (the examples) keep their line breaks."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> None:  # type: ignore[override]
         raise UsageError(f"{self.prog}: {message}")
+
+
+def examples(*lines: str) -> str:
+    """An ``epilog`` of example command lines, shown as written at the end of ``--help``."""
+    return "examples:\n" + "\n".join(f"  {line}" for line in lines)
+
+
+def add_overrides(
+    parser: argparse.ArgumentParser, example: str, what: str = "the preset's config", note: str = ""
+) -> None:
+    """The ``key=value ...`` positional of a command with a config: dotted overrides, e.g. ``example``."""
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help=f"dotted overrides of {what}, e.g. {example}" + (f"; {note}" if note else ""),
+    )
+
+
+_OVERRIDE = "override:"  # dest prefix of the options that are another spelling of a key=value override
+
+
+def add_override_option(parser: argparse.ArgumentParser, flag: str, key: str, help: str, **kwargs) -> None:
+    """An option that is another spelling of the ``key=value`` override ``key`` (``--out DIR`` for ``out=DIR``);
+    :func:`parse_with_overrides` appends it to ``overrides``. Giving both spellings is a usage error."""
+    kwargs.setdefault("metavar", key.upper().replace(".", "_"))
+    parser.add_argument(flag, dest=_OVERRIDE + key, help=help, **kwargs)
 
 
 def parse_with_overrides(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
@@ -36,6 +73,14 @@ def parse_with_overrides(parser: argparse.ArgumentParser, argv: list[str] | None
         raise UsageError(f"{parser.prog}: unrecognized arguments: {' '.join(bad)}")
     if extra:
         args.overrides = [*args.overrides, *extra]
+    for dest in [d for d in vars(args) if d.startswith(_OVERRIDE)]:
+        value, key = getattr(args, dest), dest.removeprefix(_OVERRIDE)
+        delattr(args, dest)
+        if value is None:
+            continue
+        if any(o.partition("=")[0].strip() == key for o in args.overrides):
+            raise UsageError(f"{parser.prog}: {key} is given twice, as {key}=... and as an option; give it once")
+        args.overrides = [*args.overrides, f"{key}={value}"]
     return args
 
 

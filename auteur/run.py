@@ -225,16 +225,36 @@ def run(cfg: RunConfig, commands: StageCommands | None = None, quiet: bool = Fal
 
 def add_parser(sub) -> None:
     """Register ``auteur run`` on the subparsers of ``auteur``'s CLI."""
-    r = sub.add_parser("run", help="the whole pipeline: plan -> keyframes -> video, resumable")
-    r.add_argument("query")
-    r.add_argument("--out", required=True, type=Path)
-    r.add_argument("--preset", default="default", choices=sorted(RUN_PRESETS))
-    r.add_argument("--director-preset")
-    r.add_argument("--renderer-preset")
-    r.add_argument("--videogen-preset")
-    r.add_argument("--seed", type=int, default=0)
+    from auteur.cliutil import examples
+
+    r = sub.add_parser(
+        "run",
+        help="the whole pipeline: plan -> keyframes -> video, resumable",
+        description="The whole pipeline: director plan -> renderer render -> videogen generate, then a storyboard\n"
+        "page. Each stage is skipped when its outputs exist: rerun the same command to resume.",
+        epilog=examples(
+            "cookgen bank ../shared/data/videoauteur_demos --out runs/bank",
+            'auteur run "how to cook a tuna sandwich" --out runs/tuna2 --bank runs/bank',
+        ),
+    )
+    r.add_argument("query", help='what to plan, e.g. "how to cook a tuna sandwich"')
+    r.add_argument("--out", required=True, type=Path, help="run folder: RUN/plan, RUN/storyboard.html, RUN/run.json")
+    r.add_argument(
+        "--preset",
+        default="default",
+        choices=sorted(RUN_PRESETS),
+        help="the preset every stage gets unless overridden (default: default)",
+    )
+    r.add_argument("--director-preset", metavar="PRESET", help="the director's preset (`director presets`)")
+    r.add_argument("--renderer-preset", metavar="PRESET", help="the renderer's preset (`renderer presets`)")
+    r.add_argument("--videogen-preset", metavar="PRESET", help="videogen's preset (`videogen presets`)")
+    r.add_argument("--seed", type=int, default=0, help="seed of every stage (default 0)")
     r.add_argument("--steps", type=int, help="number of plan steps (default: the director decides)")
-    r.add_argument("--bank", type=Path, help="frame bank for the default (retrieval) renderer: `cookgen bank`")
+    r.add_argument(
+        "--bank",
+        type=Path,
+        help="frame bank for the default (retrieval) renderer: `cookgen bank` (default: $AUTEUR_BANK, else runs/bank)",
+    )
 
 
 def main_run(args) -> int:

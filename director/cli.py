@@ -21,7 +21,16 @@ import re
 import sys
 from pathlib import Path
 
-from auteur.cliutil import ArgumentParser, UsageError, parse_with_overrides, run_cli, setup_logging
+from auteur.cliutil import (
+    ArgumentParser,
+    UsageError,
+    add_override_option,
+    add_overrides,
+    examples,
+    parse_with_overrides,
+    run_cli,
+    setup_logging,
+)
 from auteur.config import list_presets, load_config, save_config
 from auteur.training import is_main_process
 from director.config import PRESETS, DirectorConfig
@@ -61,52 +70,128 @@ def _slug(text: str) -> str:
     return slug or f"plan-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
 
 
-def _parser() -> ArgumentParser:
-    p = ArgumentParser(prog="director", description="The VideoAuteur director: plan, train, evaluate.")
-    sub = p.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
+ANN = "../shared/data/youcook2/youcookii_annotations_trainval.json"
+DEMOS = "../shared/data/videoauteur_demos"
+PRESET_HELP = "a preset (`director presets`), a preset YAML, or a trained checkpoint folder (RUN/final)"
 
-    pl = sub.add_parser("plan", help="plan a recipe: actions, captions and visual states")
-    pl.add_argument("query", nargs="?", help='e.g. "how to cook a tuna sandwich"')
+
+def _parser() -> ArgumentParser:
+    p = ArgumentParser(
+        prog="director",
+        description="The VideoAuteur director: plan a recipe, train the director, evaluate it.",
+        epilog=examples(
+            'director plan "how to cook a tuna sandwich" --out runs/tuna/plan',
+            "director presets",
+        ),
+    )
+    sub = p.add_subparsers(
+        dest="command",
+        required=True,
+        parser_class=ArgumentParser,
+        help="what to do; `director COMMAND --help` shows its options",
+    )
+
+    pl = sub.add_parser(
+        "plan",
+        help="plan a recipe: actions, captions and visual states",
+        description="Plan a recipe: each step's action, caption and visual state (an embedding), into a plan folder.",
+        epilog=examples(
+            'director plan "how to make pad thai" --steps 6 --seed 1 --out runs/plans/pad-thai',
+            "director plan --continue runs/plans/pad-thai --from-step 3 --out runs/plans/pad-thai-2",
+        ),
+    )
+    pl.add_argument(
+        "query",
+        nargs="?",
+        help='what to plan, e.g. "how to cook a tuna sandwich" (with --continue: default the plan\'s own)',
+    )
     pl.add_argument(
         "--preset",
-        help="default, tiny, a YAML or a checkpoint (default: default; with --continue, the plan's own preset)",
+        help=f"{PRESET_HELP} (default: default; with --continue, the plan's own preset)",
     )
     pl.add_argument("--steps", type=int, help="number of steps (default: the model decides, within plan.max_steps)")
     pl.add_argument("--out", type=Path, help="plan folder (default: runs/plans/<query>)")
-    pl.add_argument("--seed", type=int, default=0)
+    pl.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     pl.add_argument("--temperature", type=float, help="sampling temperature (0: greedy; default from the preset)")
     pl.add_argument("--no-captions", action="store_true", help="actions and visual states only")
     pl.add_argument("--json", action="store_true", help="print plan.json instead of the readable plan")
     pl.add_argument("--quiet", action="store_true", help="print only the plan folder (no steps as they are planned)")
     pl.add_argument("--continue", dest="cont", type=Path, metavar="PLAN_DIR", help="continue an existing plan")
-    pl.add_argument("--from-step", type=int, help="with --continue: keep steps 1..K, regenerate the rest")
+    pl.add_argument("--from-step", type=int, metavar="K", help="with --continue: keep steps 1..K, regenerate the rest")
     pl.add_argument("--image", type=Path, help="an initial image (the paper's initial image-text pair) to plan from")
     pl.add_argument("--image-caption", default="", help="with --image: what the initial image shows")
-    pl.add_argument("overrides", nargs="*", metavar="key=value")
+    add_overrides(pl, "plan.max_steps=12")
 
-    tr = sub.add_parser("train", help="train the director on CookGen splits")
+    tr = sub.add_parser(
+        "train",
+        help="train the director on CookGen splits",
+        description="Train the director on CookGen builds (resumable: rerun the same command). Several processes:\n"
+        "torchrun --nproc_per_node N -m director train ...",
+        epilog=examples(
+            f"cookgen build steps --root {DEMOS} --out runs/demos --split train",
+            "director train --preset tiny data=runs/demos out=runs/director-tiny train.max_steps=4",
+        ),
+    )
     tr.add_argument(
-        "--preset", "--config", dest="preset", default="default", help="tiny, default, paper, an ablation, or a YAML"
+        "--preset",
+        "--config",
+        dest="preset",
+        default="default",
+        metavar="PRESET",
+        help="tiny, default, paper, an ablation, or a YAML (default: default); --config: old spelling",
+    )
+    add_override_option(tr, "--out", "out", metavar="RUN_DIR", help="run folder (another spelling of out=RUN_DIR)")
+    add_override_option(
+        tr, "--seed", "seed", type=int, help="training seed (another spelling of seed=S; default from the preset)"
     )
     tr.add_argument("--no-progress", action="store_true", help="no progress bar")
-    tr.add_argument("overrides", nargs="*", metavar="key=value", help="data=DIR out=RUN_DIR train.max_steps=... ")
+    add_overrides(tr, "train.max_steps=100", note="data=COOKGEN_DIR[,DIR] and out=RUN_DIR (or --out) are required")
 
-    ev = sub.add_parser("eval", help="score plans against YouCook2 ground truth")
-    ev.add_argument("--preset", default="default")
-    ev.add_argument("--annotations", required=True, type=Path)
+    ev = sub.add_parser(
+        "eval",
+        help="score plans against YouCook2 ground truth",
+        description="Plan the query of every YouCook2 video of a subset (greedy, actions only) and score the plans\n"
+        "against the annotated steps: ROUGE-L, ordered semantic similarity, step-count error.",
+        epilog=examples(f"director eval --preset default --annotations {ANN} --limit 3 --out runs/director-eval"),
+    )
+    ev.add_argument("--preset", default="default", help=f"{PRESET_HELP} (default: default)")
+    ev.add_argument("--annotations", required=True, type=Path, help="youcookii_annotations_trainval.json")
     ev.add_argument("--labels", type=Path, help="label_foodtype.csv (default: beside the annotations)")
-    ev.add_argument("--split", default="validation", choices=["validation", "training"])
+    ev.add_argument(
+        "--split",
+        default="validation",
+        choices=["validation", "training"],
+        help="YouCook2 subset (default: validation)",
+    )
     ev.add_argument("--limit", type=int, help="evaluate the first N videos only")
     ev.add_argument("--baselines", action="store_true", help="also score the zero-shot and retrieval baselines")
-    ev.add_argument("--out", type=Path, default=Path("runs/director-eval"))
-    ev.add_argument("overrides", nargs="*", metavar="key=value")
+    ev.add_argument(
+        "--out",
+        type=Path,
+        default=Path("runs/director-eval"),
+        help="folder for plans.jsonl and results.md (resumable; default: runs/director-eval)",
+    )
+    add_overrides(ev, "plan.max_steps=12")
 
-    va = sub.add_parser("validate", help="text loss, embedding L2 and cosine of a trained director on a split")
-    va.add_argument("--preset", default="default")
-    va.add_argument("--split", help="the split to score (default: dataset.val_split)")
-    va.add_argument("overrides", nargs="*", metavar="key=value", help="data=COOKGEN_DIR[,DIR] ...")
+    va = sub.add_parser(
+        "validate",
+        help="text loss, embedding L2 and cosine of a trained director on a split",
+        description="Score a trained director on a CookGen split: text loss, embedding L2 and cosine (Tables 5-6).",
+        epilog=examples(
+            "director train --preset tiny data=runs/demos out=runs/director-tiny train.max_steps=4",
+            "director validate --preset runs/director-tiny/final data=runs/demos --split train",
+        ),
+    )
+    va.add_argument("--preset", default="default", help=f"{PRESET_HELP} (default: default)")
+    va.add_argument("--split", help="the CookGen split to score (default: dataset.val_split, i.e. val)")
+    add_overrides(va, "dataset.max_val_samples=16", note="data=COOKGEN_DIR[,DIR] is required")
 
-    sub.add_parser("presets", help="list the presets")
+    sub.add_parser(
+        "presets",
+        help="list the presets",
+        description="List the names of the director presets (for --preset).",
+        epilog=examples("director presets"),
+    )
     return p
 
 
@@ -173,6 +258,27 @@ class _StepPrinter:
                 print(f"\n{k}. ", flush=True)
                 self.headed.add(k)
             print(f"   {printable(text)}", flush=True)
+
+
+def _far_from_training(query: str, checkpoint: str, below: float) -> str:
+    """A one-line note when ``query`` is far from every training query of ``checkpoint`` (all-MiniLM-L6-v2 cosine
+    similarity of the nearest below ``below``); "" otherwise, or when the checkpoint records no training queries."""
+    from director.checkpoint import read_train_queries
+
+    queries = read_train_queries(checkpoint)
+    if not queries:
+        return ""
+    from auteur.sentence import load_sentence_encoder
+
+    enc = load_sentence_encoder()
+    sims = enc.encode([query]) @ enc.encode(queries).T
+    best = int(sims[0].argmax())
+    if float(sims[0, best]) >= below:
+        return ""
+    return (
+        f"note: this query is far from every recipe the director was trained on (nearest: {queries[best]!r}, "
+        f"similarity {float(sims[0, best]):.2f} < {below}); it knows cooking recipes only"
+    )
 
 
 def _plan(args) -> int:
@@ -282,6 +388,10 @@ def _plan(args) -> int:
         notes.append(f"note: the plan stopped at plan.max_steps ({cfg.plan.max_steps}) before the director ended it")
     if replaces:
         notes.append(f"note: replaced the plan that was in {out}")
+    if trained and cfg.plan.domain_note_below > 0:
+        far = _far_from_training(query, cfg.checkpoint, cfg.plan.domain_note_below)
+        if far:
+            notes.append(far)
     if args.json:
         print(json.dumps(plan_to_json(load_plan(out)), indent=2, ensure_ascii=False))
     elif args.quiet:

@@ -84,6 +84,9 @@ class PlanConfig:
     # every word of a plan is an English word (director/words.py: the lexicon + the query's words): a token that
     # would finish a non-word, or start one no word begins with, is passed over for the next likeliest
     word_check: bool = True
+    # no text field starts with a number (training text never does; a caption forced after an action otherwise
+    # can come out as "5. A close-up ...")
+    ban_leading_numbers: bool = True
     # a step whose action repeats an earlier action verbatim is planned again with that action's first token
     # banned (up to this many times); when the model decides the length and it still repeats, the plan ends there
     retry_repeated_actions: int = 3

@@ -223,7 +223,7 @@ class Planner:
             logits[ban] = float("-inf")
         check = self.words if written is not None else None
         text = self.tok.decode(written) if check is not None else ""
-        first = written is not None and not written
+        first = written is not None and not written and self.cfg.ban_leading_numbers
 
         def fits(t: int) -> bool:
             if self._ends(t):  # ending here must not leave an unfinished word

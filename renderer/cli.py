@@ -17,7 +17,16 @@ import re
 import sys
 from pathlib import Path
 
-from auteur.cliutil import ArgumentParser, UsageError, parse_with_overrides, run_cli, setup_logging
+from auteur.cliutil import (
+    ArgumentParser,
+    UsageError,
+    add_override_option,
+    add_overrides,
+    examples,
+    parse_with_overrides,
+    run_cli,
+    setup_logging,
+)
 from auteur.config import list_presets, load_config
 from auteur.training import is_main_process
 from renderer.config import PRESETS, RenderConfig
@@ -25,28 +34,82 @@ from renderer.config import PRESETS, RenderConfig
 log = logging.getLogger(__name__)
 
 
+DEMOS = "../shared/data/videoauteur_demos"
+
+
 def _parser() -> ArgumentParser:
-    p = ArgumentParser(prog="renderer", description="Render a plan's keyframes (FLUX.1 Fill or retrieval).")
-    sub = p.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
+    p = ArgumentParser(
+        prog="renderer",
+        description="Render a plan's keyframes (FLUX.1 Fill or retrieval from a frame bank); train the renderer.",
+        epilog=examples(
+            "renderer render runs/tuna/plan --bank runs/bank",
+            "renderer presets",
+        ),
+    )
+    sub = p.add_subparsers(
+        dest="command",
+        required=True,
+        parser_class=ArgumentParser,
+        help="what to do; `renderer COMMAND --help` shows its options",
+    )
 
-    r = sub.add_parser("render", help="render the keyframes of a plan folder")
+    r = sub.add_parser(
+        "render",
+        help="render the keyframes of a plan folder",
+        description="Render one keyframe per step of a plan folder into PLAN_DIR/keyframes (resumable). The default\n"
+        "preset retrieves real frames from a frame bank (`cookgen bank`); flux presets generate them.",
+        epilog=examples(
+            f"cookgen bank {DEMOS} --out runs/bank",
+            'director plan "how to cook a tuna sandwich" --out runs/tuna/plan',
+            "renderer render runs/tuna/plan --bank runs/bank --context 2",
+        ),
+    )
     r.add_argument("plan", type=Path, help="a plan folder (director plan --out)")
-    r.add_argument("--preset", default="default")
+    r.add_argument(
+        "--preset",
+        default="default",
+        help="default (retrieval), tiny, paper, or a YAML (`renderer presets`; default: default)",
+    )
     r.add_argument("--context", type=int, help="reference keyframes on the canvas: 1, 2 or 3")
-    r.add_argument("--size", help="panel size WxH, e.g. 512x512")
-    r.add_argument("--seed", type=int)
+    r.add_argument("--size", metavar="WxH", help="panel size WxH, e.g. 512x512 (default from the preset)")
+    r.add_argument("--seed", type=int, help="sampling seed (default from the preset)")
     r.add_argument("--bank", help="frame bank folder (retrieval backend; `cookgen bank CLIPS_DIR --out BANK`)")
-    r.add_argument("--checkpoint", help="a `renderer train` checkpoint (flux backend)")
+    r.add_argument("--checkpoint", help="a `renderer train` checkpoint, RUN/final (flux backend)")
     r.add_argument("--force", action="store_true", help="re-render steps that already have a keyframe")
-    r.add_argument("--no-progress", action="store_true")
-    r.add_argument("overrides", nargs="*", metavar="key=value")
+    r.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_overrides(r, "retrieval.consistency=0.3")
 
-    t = sub.add_parser("train", help="train LoRA + embedding adapter on CookGen keyframe sequences")
-    t.add_argument("--preset", "--config", dest="preset", default="tiny", help="tiny, paper, or a YAML")
-    t.add_argument("--no-progress", action="store_true")
-    t.add_argument("overrides", nargs="*", metavar="key=value", help="data=DIR out=RUN_DIR train.max_steps=...")
+    t = sub.add_parser(
+        "train",
+        help="train LoRA + embedding adapter on CookGen keyframe sequences",
+        description="Train the FLUX.1 Fill renderer's LoRA and embedding adapter on CookGen builds (resumable).\n"
+        "Several processes: torchrun --nproc_per_node N -m renderer train ...",
+        epilog=examples(
+            f"cookgen build steps --root {DEMOS} --out runs/demos-tiny --split train --preset tiny",
+            "renderer train --preset tiny data=runs/demos-tiny out=runs/renderer-tiny train.max_steps=2",
+        ),
+    )
+    t.add_argument(
+        "--preset",
+        "--config",
+        dest="preset",
+        default="tiny",
+        metavar="PRESET",
+        help="tiny, paper, or a YAML (default: tiny); --config: old spelling",
+    )
+    add_override_option(t, "--out", "out", metavar="RUN_DIR", help="run folder (another spelling of out=RUN_DIR)")
+    add_override_option(
+        t, "--seed", "seed", type=int, help="training seed (another spelling of seed=S; default from the preset)"
+    )
+    t.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_overrides(t, "train.max_steps=100", note="data=COOKGEN_DIR[,DIR] and out=RUN_DIR (or --out) are required")
 
-    sub.add_parser("presets", help="list the presets")
+    sub.add_parser(
+        "presets",
+        help="list the presets",
+        description="List the names of the renderer presets (for --preset).",
+        epilog=examples("renderer presets"),
+    )
     return p
 
 

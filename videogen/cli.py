@@ -16,7 +16,16 @@ import logging
 import sys
 from pathlib import Path
 
-from auteur.cliutil import ArgumentParser, UsageError, parse_with_overrides, run_cli, setup_logging
+from auteur.cliutil import (
+    ArgumentParser,
+    UsageError,
+    add_override_option,
+    add_overrides,
+    examples,
+    parse_with_overrides,
+    run_cli,
+    setup_logging,
+)
 from auteur.config import list_presets, load_config
 from auteur.training import is_main_process
 from videogen.config import PRESETS, VideogenConfig
@@ -24,23 +33,77 @@ from videogen.config import PRESETS, VideogenConfig
 log = logging.getLogger(__name__)
 
 
+DEMOS = "../shared/data/videoauteur_demos"
+
+
 def _parser() -> ArgumentParser:
-    p = ArgumentParser(prog="videogen", description="Clips conditioned on the director's embeddings; one long video.")
-    sub = p.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
-    g = sub.add_parser("generate", help="one clip per plan step, then the long video (into the plan folder)")
-    g.add_argument("plan", type=Path)
-    g.add_argument("--preset", default="default")
+    p = ArgumentParser(
+        prog="videogen",
+        description="Clips conditioned on the director's embeddings; one long video. Robustness fine-tuning.",
+        epilog=examples(
+            "videogen generate runs/tuna/plan",
+            "videogen presets",
+        ),
+    )
+    sub = p.add_subparsers(
+        dest="command",
+        required=True,
+        parser_class=ArgumentParser,
+        help="what to do; `videogen COMMAND --help` shows its options",
+    )
+    g = sub.add_parser(
+        "generate",
+        help="one clip per plan step, then the long video (into the plan folder)",
+        description="One clip per step of a rendered plan folder, then the long video PLAN_DIR/video.mp4 "
+        "(resumable).\n"
+        "The default preset makes an animatic of the keyframes (no video weights exist offline).",
+        epilog=examples(
+            "renderer render runs/tuna/plan --bank runs/bank",
+            "videogen generate runs/tuna/plan --fps 24 --frames 72",
+        ),
+    )
+    g.add_argument("plan", type=Path, help="a plan folder with keyframes (renderer render)")
+    g.add_argument(
+        "--preset",
+        default="default",
+        help="default (animatic), tiny, paper, or a YAML (`videogen presets`; default: default)",
+    )
     g.add_argument("--frames", type=int, help="frames per clip (Wan: 4k+1; animatic: instead of step_seconds)")
-    g.add_argument("--fps", type=float)
-    g.add_argument("--seed", type=int)
+    g.add_argument("--fps", type=float, help="frames per second (default from the preset)")
+    g.add_argument("--seed", type=int, help="sampling seed (default from the preset)")
     g.add_argument("--checkpoint", help="a trained videogen folder (RUN/final)")
-    g.add_argument("--no-progress", action="store_true")
-    g.add_argument("overrides", nargs="*", metavar="key=value")
-    t = sub.add_parser("train", help="LoRA + projector fine-tuning with the embedding regularisers")
-    t.add_argument("--preset", "--config", dest="preset", default="tiny", help="tiny, paper, an ablation-*, or a YAML")
-    t.add_argument("--no-progress", action="store_true")
-    t.add_argument("overrides", nargs="*", metavar="key=value", help="data=DIR out=RUN_DIR train.max_steps=...")
-    sub.add_parser("presets", help="list the presets")
+    g.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_overrides(g, "animatic.step_seconds=3")
+    t = sub.add_parser(
+        "train",
+        help="LoRA + projector fine-tuning with the embedding regularisers",
+        description="Fine-tune Wan 2.1 I2V (LoRA + embedding projector) with the embedding regularisers on CookGen\n"
+        "builds (resumable). Several processes: torchrun --nproc_per_node N -m videogen train ...",
+        epilog=examples(
+            f"cookgen build steps --root {DEMOS} --out runs/demos-tiny --split train --preset tiny",
+            "videogen train --preset tiny data=runs/demos-tiny out=runs/videogen-tiny train.max_steps=2",
+        ),
+    )
+    t.add_argument(
+        "--preset",
+        "--config",
+        dest="preset",
+        default="tiny",
+        metavar="PRESET",
+        help="tiny, paper, an ablation-*, or a YAML (default: tiny); --config: old spelling",
+    )
+    add_override_option(t, "--out", "out", metavar="RUN_DIR", help="run folder (another spelling of out=RUN_DIR)")
+    add_override_option(
+        t, "--seed", "seed", type=int, help="training seed (another spelling of seed=S; default from the preset)"
+    )
+    t.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_overrides(t, "train.max_steps=100", note="data=COOKGEN_DIR[,DIR] and out=RUN_DIR (or --out) are required")
+    sub.add_parser(
+        "presets",
+        help="list the presets",
+        description="List the names of the videogen presets (for --preset).",
+        epilog=examples("videogen presets"),
+    )
     return p
 
 
