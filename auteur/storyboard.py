@@ -1,7 +1,9 @@
 """``storyboard.html``: one page showing a run: the full video on top, one row per step, provenance below.
 
-Each step row holds its action, caption, keyframe and a player for its clip. Every resource is a relative
-path inside the run folder (no network, no scripts), so the folder can be zipped and opened anywhere.
+Each step row holds its action, caption, keyframe and a player for its clip; a keyframe retrieved from a frame bank
+(the offline renderer) says so under it: "retrieved from <bank clip> at <time> s" and the source step's action.
+Every resource is a relative path inside the run folder (no network, no scripts), so the folder can be zipped and
+opened anywhere.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ h1 { font-size: 20px; } .label { color: #a33; font-weight: bold; }
 table.steps { border-collapse: collapse; }
 table.steps td { border-top: 1px solid #ccc; padding: 8px; vertical-align: top; }
 td.text { width: 360px; } td.kf img, td.clip video { width: 192px; height: 192px; object-fit: cover; }
+td.kf p.src { width: 192px; font-size: 11px; color: #a33; margin: 4px 0 0 0; }
 .prov { font-size: 12px; white-space: pre-wrap; background: #eee; padding: 8px; }
 """
 
@@ -37,6 +40,16 @@ def _rel(run_dir: Path, plan_dir: Path, path: str | None) -> str | None:
 
 def _esc(x: Any) -> str:
     return html.escape(str(x), quote=True)
+
+
+def _retrieved_label(render: dict[str, Any]) -> str:
+    """The line under a keyframe the retrieval renderer took from a frame bank ("" for any other keyframe)."""
+    if render.get("kind") != "retrieved" or not render.get("source"):
+        return ""
+    when = f" at {float(render['time']):.1f} s" if isinstance(render.get("time"), int | float) else ""
+    action = render.get("source_action")
+    what = f"<br>(source step: {_esc(action)})" if action else ""
+    return f'<p class="src">retrieved from {_esc(render["source"])}{when}{what}</p>'
 
 
 def render_storyboard(plan: Plan, plan_dir: Path, run_dir: Path, run_info: dict[str, Any] | None = None) -> str:
@@ -67,6 +80,8 @@ def render_storyboard(plan: Plan, plan_dir: Path, run_dir: Path, run_info: dict[
         vg = s.meta.get("videogen") or {}
         timing = f"<br><small>{vg['start']:.2f}–{vg['end']:.2f} s</small>" if "start" in vg else ""
         kf_html = f'<img src="{_esc(kf)}" alt="keyframe of step {s.index}">' if kf else "<em>no keyframe</em>"
+        if kf:
+            kf_html += _retrieved_label(s.meta.get("render") or {})
         clip_html = f'<video controls preload="metadata" src="{_esc(clip)}"></video>' if clip else "<em>no clip</em>"
         parts.append(
             f'<tr class="step" id="step-{s.index}"><td class="text"><b>{s.index}. {_esc(s.action)}</b>'

@@ -11,6 +11,15 @@ Clips are processed one at a time; each finished clip leaves ``work/<clip>.json`
 so a rerun skips finished clips and a kill loses at most the clip in progress. ``embeddings.safetensors`` and
 ``bank.json`` are assembled last, each written atomically (``bank.json`` last of all). A clip that cannot be
 decoded is skipped with a warning and listed in ``bank.json`` under ``skipped``.
+
+Step texts (``texts: true``, the default): each frame carries the text of its source step, so the renderer can match
+a plan step's action and caption to it. The text of clip ``<folder>/<k>.<ext>`` is step ``k`` of the
+``actions.yaml`` / ``captions.yaml`` beside it (the VideoAuteur demo layout, CookGen's ``steps`` source); when
+``CLIPS_DIR`` is a CookGen build (it, or its parent, holds ``cookgen.json``: ``cookgen bank runs/demos`` or
+``cookgen bank runs/demos/clips``) the text is the action and caption of the build's row whose ``clip`` is that
+file. Clips with neither have no text. The texts are embedded once here with all-MiniLM-L6-v2
+(:mod:`auteur.sentence`); they are gathered at assembly, so rerunning ``cookgen bank`` on a bank built before texts
+existed adds them without decoding a clip again.
 """
 
 from __future__ import annotations
@@ -27,7 +36,7 @@ from typing import Any, Literal
 
 import torch
 
-from auteur.bank import BANK_FILE, BANK_FORMAT, EMB_FILE, load_bank
+from auteur.bank import BANK_FILE, BANK_FORMAT, EMB_FILE, TEXT_EMB_FILE, load_bank
 from auteur.config import from_dict, parse_overrides, read_preset, save_config
 from auteur.errors import AuteurError
 from auteur.io import atomic_path, atomic_write_json, clean_stale_temporaries, ensure_writable_dir
@@ -50,6 +59,7 @@ class BankConfig:
     format: Literal["jpg", "png"] = "jpg"
     extensions: list[str] = field(default_factory=lambda: [".mp4", ".mkv", ".webm", ".mov", ".avi"])
     vision: VisionConfig = field(default_factory=VisionConfig)
+    texts: bool = True  # each frame's source-step text + its MiniLM embedding (the renderer's text term)
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -147,6 +157,111 @@ def _embed_clip(path: Path, rel: Path, key: str, cfg: BankConfig, encoder, out: 
     return records
 
 
+def _cookgen_build_of(clips: Path) -> Path | None:
+    """The CookGen build ``clips`` is (or is the ``clips/`` folder of), else None."""
+    from auteur.builds import MANIFEST
+
+    for folder in (clips, clips.parent):
+        if (folder / MANIFEST).is_file():
+            return folder
+    return None
+
+
+def _cookgen_texts(build: Path) -> dict[Path, tuple[str, str]]:
+    """Resolved clip path -> (action, caption) for every row of every split of a CookGen build that has a clip."""
+    from auteur.builds import BuildError, read_videos
+
+    out: dict[Path, tuple[str, str]] = {}
+    for split in sorted(p.name for p in build.iterdir() if (p / "dataset_info.json").is_file()):
+        try:
+            videos = read_videos(build, split, ["action", "caption", "clip"])
+        except BuildError as e:
+            log.warning("no step texts from %s/%s: %s", build, split, e)
+            continue
+        for rows in videos:
+            for row in rows:
+                if row.get("clip"):
+                    out[Path(row["clip"])] = (row.get("action") or "", row.get("caption") or "")
+    return out
+
+
+def source_texts(clips: Path, rels: list[Path]) -> dict[str, dict[str, str]]:
+    """The source-step text of each clip (``rel`` relative to ``clips``) that has one, by ``rel.as_posix()``:
+    ``{"action", "caption", "origin"}`` from the CookGen build ``clips`` belongs to, else from the
+    ``actions.yaml`` / ``captions.yaml`` beside the clip (step = the clip's number; for a symbolic link in a folder
+    without ``actions.yaml``, beside the file it links to). Unreadable YAML is skipped with a warning: a bank without
+    some texts is still a bank."""
+    from cookgen.sources import _read_step_yaml
+
+    build = _cookgen_build_of(clips)
+    rows = _cookgen_texts(build) if build is not None else {}
+    folders: dict[Path, tuple[dict[int, str], dict[int, str]]] = {}
+
+    def yaml_of(folder: Path) -> tuple[dict[int, str], dict[int, str]]:
+        if folder not in folders:
+            actions, captions = {}, {}
+            try:
+                if (folder / "actions.yaml").is_file():
+                    actions = _read_step_yaml(folder / "actions.yaml")
+                    if (folder / "captions.yaml").is_file():
+                        captions = _read_step_yaml(folder / "captions.yaml")
+            except CookgenError as e:
+                log.warning("no step texts for the clips in %s: %s", folder, e)
+                actions, captions = {}, {}
+            folders[folder] = (actions, captions)
+        return folders[folder]
+
+    out: dict[str, dict[str, str]] = {}
+    for rel in rels:
+        path = clips / rel
+        real = path.resolve()
+        if real in rows:
+            action, caption = rows[real]
+            out[rel.as_posix()] = {"action": action, "caption": caption, "origin": "cookgen"}
+            continue
+        # beside the clip as the user laid it out; for a linked clip with no YAML there, beside the file it links to
+        for where in dict.fromkeys([path, real]):
+            actions, captions = yaml_of(where.parent)
+            try:
+                k = int(where.stem)
+            except ValueError:
+                continue
+            if actions.get(k) or captions.get(k):
+                out[rel.as_posix()] = {"action": actions.get(k, ""), "caption": captions.get(k, ""), "origin": "yaml"}
+                break
+            if actions:
+                break  # this folder has step texts, none for this clip
+    return out
+
+
+def _write_texts(frames: list[dict[str, Any]], clips: Path, paths: list[Path], out: Path) -> dict[str, Any]:
+    """Attach a ``text`` index to each frame whose clip has a source-step text, embed the texts (MiniLM) into
+    ``out/text_embeddings.safetensors``; the keys ``texts`` and ``text_space`` for ``bank.json`` ({} if none)."""
+    from safetensors.torch import save_file
+
+    from auteur.sentence import load_sentence_encoder, step_text
+
+    found = source_texts(clips, [p.relative_to(clips) for p in paths])
+    used = [rel for rel in dict.fromkeys(f["source"] for f in frames) if rel in found]
+    if not used:
+        log.info("no step texts found beside the clips (actions.yaml / captions.yaml, or a CookGen build)")
+        return {}
+    index = {rel: i for i, rel in enumerate(used)}
+    texts = [{"source": rel, **found[rel]} for rel in used]
+    for f in frames:
+        if f["source"] in index:
+            f["text"] = index[f["source"]]
+    enc = load_sentence_encoder()
+    emb = enc.encode([step_text(t["action"], t["caption"]) for t in texts])
+    with atomic_path(out / TEXT_EMB_FILE) as tmp:
+        save_file(
+            {"embeddings": emb.to(torch.float32).contiguous()},
+            str(tmp),
+            metadata={"space": enc.space.name, "dim": str(enc.space.dim)},
+        )
+    return {"texts": texts, "text_space": enc.space.to_json()}
+
+
 def build_bank(cfg: BankConfig, clips: str | Path, out: str | Path, progress: bool = True) -> Path:
     """Sample every ``cfg.interval`` s of each clip under ``clips``, embed, and write (or resume) a bank at ``out``.
 
@@ -213,6 +328,9 @@ def build_bank(cfg: BankConfig, clips: str | Path, out: str | Path, progress: bo
             shutil.rmtree(out, ignore_errors=True)
         raise CookgenError(f"no clip under {clips} could be read; the bank would be empty")
     matrix = torch.cat(embs).to(torch.float32).contiguous()
+    for f in frames:  # a text index from an older assembly must not outlive its texts
+        f.pop("text", None)
+    text_keys = _write_texts(frames, clips, paths, out) if cfg.texts else {}
     with atomic_path(out / EMB_FILE) as tmp:
         save_file(
             {"embeddings": matrix},
@@ -229,9 +347,17 @@ def build_bank(cfg: BankConfig, clips: str | Path, out: str | Path, progress: bo
             "interval": cfg.interval,
             "num_clips": len(embs),
             "skipped": skipped,
+            **text_keys,
             "frames": frames,
         },
     )
     load_bank(out)  # the bank just written must read back (format, shapes, space)
-    log.info("bank %s: %d frames from %d clips in %s", out, len(frames), len(embs), encoder.space.name)
+    log.info(
+        "bank %s: %d frames from %d clips in %s; %d with a step text",
+        out,
+        len(frames),
+        len(embs),
+        encoder.space.name,
+        sum("text" in f for f in frames),
+    )
     return out

@@ -69,11 +69,19 @@ class LoraConfig:
 
 @dataclass
 class RetrievalConfig:
-    """Retrieval renderer: score_j = cos(z_t, b_j) + weight * mean_i cos(b_{c_i}, b_j) over the last k chosen."""
+    """Retrieval renderer (renderer/retrieval.py): score_j = visual * cos(z_t, b_j) + consistency * mean cos to the
+    last k chosen frames + text * cos(step text, frame's source-step text) - diversity * near-duplicate hinge
+    (cosine above ``diversity_threshold`` to a frame of an earlier, different step) - clip_reuse * [its clip is
+    already used]. These defaults are the plain visual + consistency score; the ``default`` preset sets the rest."""
 
     bank: str = ""  # a frame bank folder (`cookgen bank CLIPS_DIR --out BANK`; format: auteur.bank)
     consistency: float = 0.5
     allow_repeats: bool = False
+    visual: float = 1.0
+    text: float = 0.0  # needs a bank with step texts (`cookgen bank` since issue 18); off otherwise, with a note
+    diversity: float = 0.0
+    diversity_threshold: float = 0.9
+    clip_reuse: float = 0.0
 
 
 @dataclass

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -167,23 +169,67 @@ def render_plan(
     return RenderResult(plan_dir, rendered, skipped, replaced, made_by)
 
 
+def _finite(x: float | None, digits: int = 6) -> float | None:
+    """A score part for plan.json (strict JSON): rounded, None when absent or not finite."""
+    return round(float(x), digits) if x is not None and math.isfinite(x) else None
+
+
+def step_key(action: str) -> str:
+    """Steps with equal keys are "the same step" for the diversity terms: the action, lower case, words only."""
+    return " ".join(re.findall(r"[a-z0-9]+", (action or "").lower()))
+
+
 class _RetrievalBackend:
     def __init__(self, cfg: RenderConfig):
         from auteur.bank import BUILD_HINT, load_bank
+        from renderer.retrieval import Weights
 
         self.cfg = cfg
         if not str(cfg.retrieval.bank or "").strip():
             raise RendererError(f"frame bank not found: none given; {BUILD_HINT} and pass --bank BANK")
+        r = cfg.retrieval
+        self.weights = Weights(r.visual, r.consistency, r.text, r.diversity, r.diversity_threshold, r.clip_reuse)
+        try:
+            self.weights.check()
+        except ValueError as e:
+            raise RendererError(f"retrieval: {e}") from None
         self.bank = load_bank(cfg.retrieval.bank)
         self.retriever = None
         self.used = torch.zeros(len(self.bank.frames), dtype=torch.bool)
+        self.text_note = self._text_note()
+        self._text_q: torch.Tensor | None = None
+        self._table: torch.Tensor | None = None
+
+    def _text_note(self) -> str:
+        """'on', or why the text term is off (said once, in one line, when the preset asks for it)."""
+        from auteur.sentence import TEXT_SPACE
+
+        if not self.bank.has_texts:
+            return (
+                f"off: bank {self.bank.folder} has no step texts (built before they existed, or no actions.yaml/"
+                f"captions.yaml beside its clips); rerun `cookgen bank CLIPS_DIR --out {self.bank.folder}` to add them"
+            )
+        if self.bank.text_space != TEXT_SPACE:
+            return f"off: the bank's texts are in {self.bank.text_space.name}, the renderer's in {TEXT_SPACE.name}"
+        return "on" if self.weights.text else "off: weight 0"
 
     def check(self, space: VisualSpace) -> None:
         from renderer.retrieval import Retriever, bank_prefilter, normalize_rows
 
         self.bank.space.check_same(space, what=f"the plan's embeddings (bank {self.bank.folder})")
+        if self.weights.text and self.text_note != "on":
+            log.warning("retrieval text term %s", self.text_note)
+        # the bank's texts are used whenever they are usable: with weight 0 the parts still record the text match
+        usable = self.text_note in ("on", "off: weight 0")
+        texts = normalize_rows(self.bank.text_embeddings) if usable else None
         # the first load of a big bank fits its exact prefilter and stores it beside the bank; later loads reuse it
-        self.retriever = Retriever(normalize_rows(self.bank.embeddings), prefilter=bank_prefilter(self.bank))
+        self.retriever = Retriever(
+            normalize_rows(self.bank.embeddings),
+            prefilter=bank_prefilter(self.bank),
+            texts=texts,
+            text_of=self.bank.text_index() if usable else None,
+            clip_of=self.bank.clip_index(),
+        )
 
     def provenance(self, preset: str) -> dict[str, Any]:
         r = self.cfg.retrieval
@@ -194,6 +240,16 @@ class _RetrievalBackend:
             "bank": str(self.bank.folder.resolve()),
             "bank_frames": len(self.bank.frames),
             "consistency": r.consistency,
+            "weights": {
+                "visual": r.visual,
+                "consistency": r.consistency,
+                "text": r.text,
+                "diversity": r.diversity,
+                "diversity_threshold": r.diversity_threshold,
+                "clip_reuse": r.clip_reuse,
+            },
+            "text_term": self.text_note,
+            "text_encoder": self.bank.text_space.name if self.bank.text_space else None,
             "context": self.cfg.context,
             "size": [self.cfg.width, self.cfg.height],
         }
@@ -203,6 +259,21 @@ class _RetrievalBackend:
         if rec.get("kind") == "retrieved" and rec.get("bank") == str(self.bank.folder.resolve()):
             return rec.get("bank_index")
         return None
+
+    def _step_texts(self, plan: Plan) -> None:
+        """The plan's step texts, embedded once (MiniLM), and their score table against the bank's texts."""
+        from auteur.sentence import load_sentence_encoder, step_text
+        from renderer.retrieval import normalize_rows
+
+        if self._text_q is not None or self.retriever.texts is None:
+            return
+        with quiet_logs():
+            enc = load_sentence_encoder()
+        q = enc.encode([step_text(s.action, s.caption) for s in plan.steps])
+        if not bool(torch.isfinite(q).all()):
+            raise RendererError("the sentence encoder gave a non-finite embedding for a step text")
+        self._text_q = normalize_rows(q)
+        self._table = self.retriever.text_scores(self._text_q) if self.weights.text else None
 
     def render(self, plan: Plan, plan_dir: Path, i: int, ctx: list) -> tuple[Image.Image, dict[str, Any]]:
         from renderer.retrieval import normalize_rows
@@ -216,8 +287,14 @@ class _RetrievalBackend:
                 b = self._bank_index(s)
                 if b is not None:
                     used[b] = True
-        q = normalize_rows(plan.embeddings[i : i + 1])[0]
-        choice = self.retriever.choose(q, prev, r.consistency, used)
+        # the frames of the plan's earlier steps, except those of the same step repeated
+        key = step_key(plan.steps[i].action)
+        avoid = [b for s in plan.steps[:i] if (b := self._bank_index(s)) is not None and step_key(s.action) != key]
+        q = normalize_rows(plan.embeddings[i : i + 1])[0]  # finite: load_plan refuses NaN/Inf embeddings
+        self._step_texts(plan)
+        text_q = self._text_q[i] if self._text_q is not None else None
+        table = self._table[i] if self._table is not None else None
+        choice = self.retriever.choose(q, prev, self.weights, used, text_q, avoid, table)
         frame = self.bank.frames[choice.index]
         image = fit_panel(self.bank.image(choice.index), self.cfg.width, self.cfg.height)
         record = {
@@ -226,8 +303,12 @@ class _RetrievalBackend:
             "bank_index": choice.index,
             "source": frame["source"],
             "time": frame["time"],
-            "score": round(choice.score, 6),
+            "score": _finite(choice.score),
+            "score_parts": {k: _finite(v) for k, v in (choice.parts or {}).items()},
         }
+        text = self.bank.source_text(choice.index)
+        if text is not None:
+            record["source_action"] = text.get("action", "")
         return image, record
 
 

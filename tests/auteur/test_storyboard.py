@@ -52,3 +52,25 @@ def test_storyboard_renders_every_step_in_headless_chromium(run_dir, tmp_path):
         rows = np.nonzero(hit[:, 600:].any(axis=1) | hit[:, 300:600].any(axis=1))[0]
         tops.append(rows.max())
     assert tops == sorted(tops), "step rows are not shown in order"
+
+
+def test_storyboard_says_where_a_retrieved_keyframe_came_from(tmp_path):
+    """Under each keyframe the retrieval renderer took from a bank: "retrieved from <bank clip>", not only in JSON."""
+    from auteur.plan import load_plan, save_plan
+
+    plan_dir = make_plan(tmp_path / "run" / "plan")
+    plan = load_plan(plan_dir)
+    plan.steps[0].meta["render"] = {"kind": "retrieved", "bank_index": 3, "source": "Interleaved/Corn_Dog/<2>.mp4",
+                                    "time": 2.0, "source_action": "Dip skewered sausages into batter."}  # fmt: skip
+    plan.steps[1].meta["render"] = {"kind": "retrieved", "bank_index": 9, "source": "BLT_Sandwich/4.mp4", "time": 1}
+    plan.steps[2].meta["render"] = {"kind": "rendered", "model": "flux"}
+    save_plan(plan, plan_dir)
+    html = write_storyboard(tmp_path / "run", plan_dir).read_text()
+    rows = re.findall(r'<tr class="step".*?</tr>', html, flags=re.S)
+    assert len(rows) == 3
+    label = re.compile(r'<td class="kf"><img [^>]*>\s*<p class="src">retrieved from ([^<]*?) at ([0-9.]+) s')
+    first, second = label.search(rows[0]), label.search(rows[1])
+    assert first and first.groups() == ("Interleaved/Corn_Dog/&lt;2&gt;.mp4", "2.0")  # escaped, inside the cell
+    assert "(source step: Dip skewered sausages into batter.)" in rows[0]
+    assert second and second.groups() == ("BLT_Sandwich/4.mp4", "1.0") and "source step" not in rows[1]
+    assert "retrieved from" not in rows[2]  # a generated keyframe says nothing of the kind

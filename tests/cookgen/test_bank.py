@@ -166,3 +166,62 @@ def test_demo_folder_every_clip_is_found():
     clips = find_clips(demos, BankConfig().extensions)
     assert len(clips) == len([p for p in files if p.suffix == ".mp4"]) == 43
     assert {p.suffix for p in files} - {p.suffix for p in clips} == {".yaml", ".txt", ".csv"}
+
+
+def test_bank_texts_from_the_yaml_beside_the_clips_and_added_to_an_older_bank(clips: Path, tmp_path: Path, capsys):
+    """Each frame carries its source step's text (actions.yaml / captions.yaml beside the clip), embedded once with
+    MiniLM; a bank built without texts loads as before, and rerunning `cookgen bank` adds them without new decoding."""
+    from auteur.bank import TEXT_EMB_FILE, BankError
+    from auteur.sentence import TEXT_SPACE, load_sentence_encoder
+
+    out = tmp_path / "bank"
+    argv = ["bank", clips, "--out", out, "--interval", "0.5", *FAST]
+    assert run([*argv, "texts=false"], capsys)[0] == 0  # as a bank from before step texts
+    old = load_bank(out)
+    assert not old.has_texts and old.texts == [] and old.text_embeddings is None
+    assert "texts" not in json.loads((out / BANK_FILE).read_text()) and not (out / TEXT_EMB_FILE).exists()
+    stamp = {p: p.stat().st_mtime_ns for p in (out / "work").glob("*.json")}
+    assert run(argv, capsys)[0] == 0
+    assert {p: p.stat().st_mtime_ns for p in (out / "work").glob("*.json")} == stamp  # no clip decoded again
+    bank = load_bank(out)
+    assert bank.has_texts and bank.text_space == TEXT_SPACE and torch.equal(bank.embeddings, old.embeddings)
+    # only step 1 of each dish has an action ("1: chop"), and no captions.yaml
+    assert bank.texts == [
+        {"source": f"Dish_{d}/1.mp4", "action": "chop", "caption": "", "origin": "yaml"} for d in (0, 1)
+    ]
+    for f in bank.frames:
+        assert f.get("text") == ({"Dish_0/1.mp4": 0, "Dish_1/1.mp4": 1}.get(f["source"]))
+    assert bank.text_index().tolist() == [f.get("text", -1) for f in bank.frames]
+    want = load_sentence_encoder().encode(["chop", "chop"])
+    assert bank.text_embeddings.shape == (2, 384) and torch.allclose(bank.text_embeddings, want, atol=1e-6)
+    # a broken text index or a missing text embeddings file is one line
+    meta = json.loads((out / BANK_FILE).read_text())
+    meta["frames"][0]["text"] = 7
+    (out / BANK_FILE).write_text(json.dumps(meta))
+    with pytest.raises(BankError, match="not an index into its 2 texts"):
+        load_bank(out)
+    meta["frames"][0]["text"] = 0
+    (out / BANK_FILE).write_text(json.dumps(meta))
+    (out / TEXT_EMB_FILE).unlink()
+    with pytest.raises(BankError, match="text_embeddings.safetensors has no readable"):
+        load_bank(out)
+
+
+def test_bank_texts_from_a_cookgen_build(tmp_path: Path, capsys):
+    """A bank built from a CookGen build (its folder or its clips/ folder) takes each clip's row: action, caption."""
+    from tests.renderer.conftest import ACTIONS
+    from tests.renderer.conftest import write_clips as write_step_clips
+
+    root = write_step_clips(tmp_path / "steps", n_dishes=1, steps=3)
+    build = tmp_path / "build"
+    argv = ["build", "steps", "--root", root, "--out", build, "--split", "train", "--config", "tiny", "--no-progress",
+            "filter.min_clip_seconds=0.5"]  # fmt: skip
+    assert run(argv, capsys)[0] == 0
+    for clips_dir in (build, build / "clips"):
+        out = tmp_path / f"bank-{clips_dir.name}"
+        assert run(["bank", clips_dir, "--out", out, "--interval", "0.5", *FAST], capsys)[0] == 0
+        bank = load_bank(out)
+        assert [t["origin"] for t in bank.texts] == ["cookgen"] * 3
+        assert [t["action"] for t in bank.texts] == ACTIONS[:3]
+        assert all(t["caption"].endswith(a.lower()) for t, a in zip(bank.texts, ACTIONS))
+        assert all("text" in f for f in bank.frames)

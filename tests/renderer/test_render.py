@@ -92,6 +92,8 @@ def test_bad_inputs_one_line_exit_2(tiny_plan: Path, tiny_bank: Path, tmp_path: 
         (["--preset", "tiny", "--checkpoint", tmp_path / "nope"], "renderer checkpoint not found"),
         (["--preset", "default"], "frame bank not found: none given; build one with `cookgen bank CLIPS_DIR"),
         (["--preset", "default", "--bank", tmp_path / "nobank"], "has no bank.json; build one with `cookgen bank"),
+        (["--bank", tiny_bank, "retrieval.diversity_threshold=1"], "threshold must be in [0, 1), got 1.0"),
+        (["--bank", tiny_bank, "retrieval.clip_reuse=-1"], "must be >= 0"),
     ]
     for extra, message in cases:
         rc, _, err = run(["render", tiny_plan, *extra, "--no-progress"], capsys)
@@ -160,7 +162,8 @@ def test_keyframes_of_another_renderer_are_made_again(tiny_bank: Path, tmp_path:
 
     bank = load_bank(tiny_bank)
     plan_dir = make_plan(tmp_path / "plan", bank.embeddings[[0, 4, 8]].clone(), bank.space)
-    retrieve = ["render", plan_dir, "--bank", tiny_bank, "--size", "32x32", "--no-progress", "retrieval.consistency=0"]
+    visual_only = ["retrieval.consistency=0", "retrieval.text=0", "retrieval.diversity=0", "retrieval.clip_reuse=0"]
+    retrieve = ["render", plan_dir, "--bank", tiny_bank, "--size", "32x32", "--no-progress", *visual_only]
     rc, out, _ = run(retrieve, capsys)
     assert rc == 0 and "3 keyframes retrieved, 0 already there" in out
     assert all(s.meta["render"]["renderer"]["preset"] == "default" for s in load_plan(plan_dir).steps)
