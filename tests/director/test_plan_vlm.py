@@ -121,7 +121,9 @@ def test_director_on_a_vlm_trains_plans_and_round_trips(vlm, tmp_path) -> None:
     assert len(with_cache.steps) == 2 and with_cache.steps[0].action
     assert [(s.action, s.caption) for s in with_cache.steps] == [(s.action, s.caption) for s in without.steps]
     torch.testing.assert_close(with_cache.embeddings, without.embeddings, rtol=1e-4, atol=1e-5)
-    assert with_cache.stats["forward_tokens"] == with_cache.stats["context_tokens"]
+    st = with_cache.stats  # every token forwarded once: kept, or taken back (a re-planned repeat, a rejected draft)
+    taken_back = st.get("discarded_tokens", 0) + st.get("draft_tokens", 0) - st.get("accepted_draft_tokens", 0)
+    assert st["forward_tokens"] == st["context_tokens"] + taken_back
     assert without.stats["forward_tokens"] > 3 * without.stats["context_tokens"]
     # 3. the planner's decoder pass (the VLM's nested language model, then the output rows) plans the same
     director.output_vocab = list(range(len(backbone.tokenizer)))
