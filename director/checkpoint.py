@@ -31,7 +31,7 @@ from auteur.config import from_dict, to_dict
 from auteur.io import atomic_dir, atomic_write_json
 from auteur.plan import VisualSpace
 from director.backbone import Backbone, BackboneConfig, DirectorError, load_backbone
-from director.model import Director, ModelConfig
+from director.model import Director, ModelConfig, foldable
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,7 @@ FORMAT = "director/1"
 META = "director.json"
 EXTRA = "director_extra.safetensors"
 ADAPTER = "adapter_model.safetensors"
+ADAPTER_CONFIG = "adapter_config.json"
 OUTPUT_VOCAB = "output_vocab.json"
 BLOCK_FILL = "block_fill.safetensors"
 TRAIN_QUERIES = "train_queries.json"
@@ -184,13 +185,18 @@ def check_growable(old: ModelConfig, new: ModelConfig, folder: str | Path) -> No
         )
 
 
-def load_checkpoint_into(director: Director, folder: str | Path, partial_adapter: bool = False) -> None:
+def load_checkpoint_into(
+    director: Director, folder: str | Path, partial_adapter: bool = False, fold: bool = False
+) -> None:
     """Apply a checkpoint's adapter and extras to a director built with the same config; with
     ``partial_adapter`` the director may have LoRA on modules the checkpoint has none for (they keep their
-    initial values)."""
+    initial values); with ``fold`` the director was built without LoRA and the adapter is folded into its base
+    weights (:meth:`Director.fold_lora`, inference only)."""
     folder = Path(folder)
     try:
-        if director.cfg.lora.enabled:
+        if fold:
+            director.fold_lora(load_file(str(folder / ADAPTER)), _adapter_settings(folder))
+        elif director.cfg.lora.enabled:
             director.load_adapter_state(load_file(str(folder / ADAPTER)), allow_missing=partial_adapter)
         director.load_extra_state(load_file(str(folder / EXTRA)))
     except Exception as e:  # torch's load errors, safetensors' SafetensorError (a truncated file), missing keys ...
@@ -200,6 +206,15 @@ def load_checkpoint_into(director: Director, folder: str | Path, partial_adapter
         raise DirectorError(
             f"checkpoint {folder} does not fit this director ({type(e).__name__}): {msg[:400]}"
         ) from None
+
+
+def _adapter_settings(folder: Path) -> dict[str, Any]:
+    """The checkpoint's ``adapter_config.json`` (peft's LoRA settings); {} when absent or unreadable."""
+    try:
+        settings = json.loads((folder / ADAPTER_CONFIG).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return settings if isinstance(settings, dict) else {}
 
 
 def check_checkpoint_files(folder: str | Path, model_cfg: ModelConfig) -> None:
@@ -217,11 +232,15 @@ def build_director(
     checkpoint: str | Path | None = None,
     backbone: Backbone | None = None,
     seed: int = 0,
+    fold_lora: bool = False,
 ) -> tuple[Director, Backbone, dict[str, Any]]:
     """A director on ``backbone_cfg``'s LM, with ``checkpoint`` applied when given.
 
     With a checkpoint, its recorded model config and visual space are used, and its base model id must
-    match the backbone's. Returns ``(director, backbone, checkpoint meta or {})``.
+    match the backbone's. ``fold_lora`` (planning with ``plan.merge_lora``): the checkpoint's LoRA adapter is
+    folded into the base weights without wrapping the LM in peft (the director is inference-only, as a merged
+    one is); an adapter :func:`director.model.foldable` refuses is loaded and merged through peft instead.
+    Returns ``(director, backbone, checkpoint meta or {})``.
     """
     meta: dict[str, Any] = {}
     if checkpoint is not None:
@@ -235,10 +254,17 @@ def build_director(
             f"checkpoint {checkpoint} was trained on base model {meta['base_model_id']}, "
             f"but the configured backbone is {backbone.model_id}"
         )
+    fold = (
+        fold_lora
+        and checkpoint is not None
+        and model_cfg.lora.enabled
+        and not foldable(_adapter_settings(Path(checkpoint)) or {"r": None})
+    )
     torch.manual_seed(seed)  # the initial values of the untrained parts are reproducible
-    director = Director(backbone.model, backbone.tokenizer, model_cfg, space.dim)
+    built_cfg = replace(model_cfg, lora=replace(model_cfg.lora, enabled=False)) if fold else model_cfg
+    director = Director(backbone.model, backbone.tokenizer, built_cfg, space.dim)
     if checkpoint is not None:
-        load_checkpoint_into(director, checkpoint)
+        load_checkpoint_into(director, checkpoint, fold=fold)
         director.output_vocab = read_output_vocab(checkpoint)
     director.eval()
     return director, backbone, meta

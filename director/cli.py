@@ -330,7 +330,9 @@ def _plan(args) -> int:
     space = VisualSpace("unknown", 0)
     if cfg.checkpoint is None:
         space = resolve_space(DirectorConfig(vision=cfg.vision))
-    director, backbone, meta = build_director(cfg.backbone, cfg.model, space, checkpoint=cfg.checkpoint, seed=cfg.seed)
+    director, backbone, meta = build_director(
+        cfg.backbone, cfg.model, space, checkpoint=cfg.checkpoint, seed=cfg.seed, fold_lora=cfg.plan.merge_lora
+    )
     if meta:
         space = VisualSpace(meta["space"]["name"], int(meta["space"]["dim"]))
     if keep:

@@ -558,7 +558,9 @@ def run_eval(cfg: Any, args: Any) -> str:
     cfg.plan.temperature = 0.0
     if cfg.checkpoint is None:
         raise EvalError("the preset has no trained director checkpoint to evaluate")
-    director, backbone, meta = build_director(cfg.backbone, cfg.model, VisualSpace("unset", 1), cfg.checkpoint)
+    director, backbone, meta = build_director(
+        cfg.backbone, cfg.model, VisualSpace("unset", 1), cfg.checkpoint, fold_lora=cfg.plan.merge_lora
+    )
     planner = Planner(director, cfg.plan)
     planners: dict[str, Callable[[str], list[str]]] = {
         "director": lambda q: [s.action for s in planner.plan(q, seed=0).steps],

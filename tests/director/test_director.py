@@ -14,7 +14,7 @@ import torch
 from auteur.config import load_config
 from auteur.plan import VisualSpace, load_plan
 from director.backbone import BackboneConfig, DirectorError, load_backbone
-from director.checkpoint import BLOCK_FILL, build_director, read_block_fill
+from director.checkpoint import BLOCK_FILL, build_director, read_block_fill, save_checkpoint
 from director.cli import main
 from director.config import PRESETS, DirectorConfig
 from director.data import (
@@ -355,6 +355,40 @@ def test_merged_lora_plans_as_the_unmerged_adapter() -> None:
     assert [(s.action, s.caption) for s in merged.steps] == [(s.action, s.caption) for s in plain.steps]
     with pytest.raises(RuntimeError, match="merged"):  # a merged director is for inference only
         director.loss({"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}, LossConfig())
+
+
+def test_a_folded_adapter_is_peft_merge_without_peft(tmp_path: Path) -> None:
+    """build_director(fold_lora=True), plan.merge_lora's path: the checkpoint's LoRA is added into fresh base
+    weights (no peft wrapper); it computes what peft's merge_adapter computes and plans the same."""
+    director, backbone, cfg = tiny_director()
+    with torch.no_grad():  # a non-zero adapter, so that folding changes the base weights
+        for name, p in director.lm.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+    ckpt = save_checkpoint(director, tmp_path / "ckpt", backbone.model_id, TINY_SPACE)
+    merged, _, _ = build_director(cfg.backbone, cfg.model, TINY_SPACE, ckpt)
+    merged.merge_lora()
+    folded, _, _ = build_director(cfg.backbone, cfg.model, TINY_SPACE, ckpt, fold_lora=True)
+    assert folded.lora_merged and not folded.cfg.lora.enabled  # a plain LM underneath, inference only
+    assert not any("lora_" in n for n, _ in folded.lm.named_parameters())
+    base = {n: p for n, p in merged.base_lm().named_parameters() if "lora_" not in n}
+    weights = dict(folded.lm.named_parameters())
+    assert {n.replace(".base_layer", "") for n in base} == set(weights)
+    for name, p in base.items():
+        torch.testing.assert_close(weights[name.replace(".base_layer", "")], p, rtol=1e-5, atol=1e-6)
+    ids = torch.randint(10, 200, (1, 40))
+    with torch.inference_mode():
+        torch.testing.assert_close(folded.run(ids).logits, merged.run(ids).logits, rtol=1e-4, atol=1e-4)
+    plans = [Planner(d, replace(cfg.plan, merge_lora=True)).plan("how to make pancakes", steps=2, seed=0)
+             for d in (merged, folded)]  # fmt: skip
+    assert [(s.action, s.caption) for s in plans[0].steps] == [(s.action, s.caption) for s in plans[1].steps]
+    with pytest.raises(RuntimeError, match="merged"):
+        folded.loss({"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}, LossConfig())
+    # an adapter the plain sum does not cover (DoRA here) goes through peft's merge instead
+    settings = json.loads((ckpt / "adapter_config.json").read_text())
+    (ckpt / "adapter_config.json").write_text(json.dumps({**settings, "use_dora": True}))
+    peft_path, _, _ = build_director(cfg.backbone, cfg.model, TINY_SPACE, ckpt, fold_lora=True)
+    assert peft_path.cfg.lora.enabled and not peft_path.lora_merged
 
 
 def test_lookup_drafting_changes_the_speed_not_the_plan() -> None:
