@@ -8,6 +8,7 @@ library writes in one go (a ``datasets`` split) are built under a temporary fold
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -58,22 +59,78 @@ def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2)
 
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield an empty temporary folder beside ``path``; on success it replaces ``path`` (old one removed)."""
+    """Yield an empty temporary folder beside ``path``; on success it replaces ``path`` (old one removed).
+
+    Safe under concurrent writers of one folder (processes or threads): the old folder is renamed aside and the
+    new one renamed in, again until the rename lands (another writer's folder may have taken the name in
+    between), so the folder is always one writer's complete output and no writer fails on another's swap."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}{TMP_MARK}", dir=path.parent))
     try:
         yield tmp
-        if path.exists():
-            old = path.parent / f".{path.name}{TMP_MARK}old-{os.getpid()}"
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
+        aside = None
+        for _ in range(10_000):
+            try:
+                os.replace(tmp, path)  # lands when the name is free (or an empty folder, or a file on POSIX)
+                break
+            except OSError as e:
+                if e.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.EISDIR, errno.ENOTDIR):
+                    raise
+            aside = aside or Path(tempfile.mkdtemp(prefix=f".{path.name}{TMP_MARK}old-", dir=path.parent))
+            with contextlib.suppress(FileNotFoundError):  # another writer may have moved it aside first
+                os.replace(path, aside / f"{len(list(aside.iterdir()))}")
         else:
-            os.replace(tmp, path)
+            raise OSError(errno.EBUSY, f"could not replace {path}: other writers kept taking the name")
+        if aside is not None:
+            shutil.rmtree(aside, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+@contextlib.contextmanager
+def writer_lock(path: str | os.PathLike, flag: str = "--out") -> Iterator[Path]:
+    """One writer at a time for the output ``path``: an exclusive advisory lock (``flock``) on the hidden file
+    ``.<name>.lock`` beside it, held while the command writes. A second writer fails at once with one line
+    (:class:`AuteurError`) rather than racing the first; a folder whose parent cannot be written fails here too,
+    before any model loads. The lock file is removed on release, and the kernel drops the lock of a killed
+    process (kill -9 included). Yields ``path``. Where ``fcntl`` is missing (not POSIX) nothing is locked."""
+    from auteur.errors import AuteurError
+
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not on POSIX
+        yield Path(path)
+        return
+    path = Path(path)
+    lock = path.parent / f".{path.name}.lock"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise AuteurError(
+                    f"{flag} {path} is being written by another process right now; wait for it to finish or "
+                    "choose another folder"
+                ) from None
+            try:
+                if os.stat(lock).st_ino == os.fstat(fd).st_ino:
+                    break  # the file we hold is still the lock file (its last holder may have removed it)
+            except FileNotFoundError:
+                pass
+            os.close(fd)
+    except OSError as e:
+        raise AuteurError(f"{flag} {path}: cannot write there ({e.strerror or e})") from None
+    try:
+        yield path
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(lock)  # while still held: a writer that opened it before re-checks the inode and retries
+        os.close(fd)
 
 
 def clean_stale_temporaries(folder: str | os.PathLike) -> int:

@@ -23,6 +23,7 @@ offline (the VideoAuteur demos) carry no licence to redistribute.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import logging
@@ -37,7 +38,7 @@ from typing import Any
 
 from auteur.bank import BANK_FILE, is_bank
 from auteur.errors import AuteurError
-from auteur.io import atomic_write_json, atomic_write_text, ensure_writable_dir
+from auteur.io import atomic_write_json, atomic_write_text, ensure_writable_dir, writer_lock
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +113,17 @@ def _run_stage(stage: str, argv: list[str], log_file: Path, quiet: bool = False)
     stage's own error and the log file."""
     log.debug("stage %s: %s", stage, " ".join(argv))
     t0 = time.perf_counter()
-    proc = subprocess.run(argv, capture_output=True, text=True)
+    # the stage runs in its own process group and is told to end when this process ends (kill -9 included):
+    # a killed `auteur run` leaves no stage writing on; Ctrl-C or an error here ends the stage's whole group
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, process_group=0, preexec_fn=_die_with_parent
+    )
+    try:
+        stdout, stderr = proc.communicate()
+    except BaseException:
+        _end_group(proc)
+        raise
+    proc = subprocess.CompletedProcess(argv, proc.returncode, stdout, stderr)
     atomic_write_text(log_file, f"$ {shlex.join(argv)}\n# exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
     if proc.returncode == 0 and proc.stdout and not quiet:
         sys.stdout.write(proc.stdout)
@@ -123,6 +134,35 @@ def _run_stage(stage: str, argv: list[str], log_file: Path, quiet: bool = False)
             f"stage {stage} failed (exit {proc.returncode}): {why.removeprefix('error: ')} (full log: {log_file})"
         )
     return time.perf_counter() - t0
+
+
+def _die_with_parent() -> None:
+    """In a stage's child process, before it runs: SIGTERM when the parent dies (Linux ``prctl``; elsewhere
+    the stage is ended by :func:`_end_group` only when the parent can still act)."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    parent = os.getppid()
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the parent died before the request was in place
+        os._exit(1)
+
+
+def _end_group(proc: subprocess.Popen) -> None:
+    """End a stage's process group: SIGTERM, then SIGKILL after 10 s."""
+    import signal
+
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 def _plan_done(plan_dir: Path) -> bool:
@@ -149,8 +189,6 @@ def _video_done(plan_dir: Path) -> bool:
 def run(cfg: RunConfig, commands: StageCommands | None = None, quiet: bool = False) -> dict[str, Any]:
     """Run (or resume) the pipeline into ``cfg.out``; returns the run record (also written to run.json).
     ``quiet``: print nothing (the stages' output is kept only for a failing stage's one-line error)."""
-    from auteur.storyboard import write_storyboard
-
     commands = commands or StageCommands()
     if not cfg.query or not cfg.query.strip():
         raise RunError('the query is empty: give what to make, e.g. "how to cook a tuna sandwich"')
@@ -161,6 +199,11 @@ def run(cfg: RunConfig, commands: StageCommands | None = None, quiet: bool = Fal
         old = json.loads((Path(cfg.out) / RUN_FILE).read_text())
         if old.get("query") != cfg.query:
             raise RunError(f"{cfg.out} holds a run for another query ({old.get('query')!r}); use another --out")
+    if cfg.bank is not None and cfg.stage_preset("renderer") != "default":
+        raise RunError(
+            f"--bank is for the default (retrieval) renderer; this run's renderer preset is "
+            f"'{cfg.stage_preset('renderer')}', which renders without a bank"
+        )
     if cfg.stage_preset("renderer") == "default":
         cfg.bank = cfg.bank or default_bank()
         if cfg.bank is None:
@@ -175,6 +218,15 @@ def run(cfg: RunConfig, commands: StageCommands | None = None, quiet: bool = Fal
                 f"`cookgen bank CLIPS_DIR --out {cfg.bank}`"
             )
     out = ensure_writable_dir(cfg.out)
+    with writer_lock(out):  # one `auteur run` per run folder at a time
+        return _run_stages(cfg, commands, quiet, old, out)
+
+
+def _run_stages(
+    cfg: RunConfig, commands: StageCommands, quiet: bool, old: dict[str, Any], out: Path
+) -> dict[str, Any]:
+    from auteur.storyboard import write_storyboard
+
     plan_dir = out / PLAN_DIR
     record_path = out / RUN_FILE
     presets = {s: cfg.stage_preset(s) for s in ("director", "renderer", "videogen")}
@@ -184,9 +236,10 @@ def run(cfg: RunConfig, commands: StageCommands | None = None, quiet: bool = Fal
 
     say = (lambda *a: None) if quiet else print
     stages = [
-        ("director", _plan_done, lambda: ["plan", cfg.query, "--preset", presets["director"], "--out",
-                                          str(plan_dir), "--seed", str(cfg.seed)]
-                                         + (["--steps", str(cfg.steps)] if cfg.steps else [])),
+        ("director", _plan_done, lambda: ["plan", "--preset", presets["director"], "--out", str(plan_dir),
+                                          "--seed", str(cfg.seed)]
+                                         + (["--steps", str(cfg.steps)] if cfg.steps else [])
+                                         + ["--", cfg.query]),  # user text after "--": never read as an option
         ("renderer", _keyframes_done, lambda: ["render", str(plan_dir), "--preset", presets["renderer"], "--seed",
                                                str(cfg.seed), "--no-progress"]
                                               + (["--bank", str(cfg.bank)] if cfg.bank else [])),

@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
@@ -36,6 +37,7 @@ from auteur.training import is_main_process
 from director.config import PRESETS, DirectorConfig
 
 log = logging.getLogger(__name__)
+MAX_QUERY_CHARS = 1000  # a query is a sentence; a 100 KB one is a mistake (refused before any model loads)
 PACKAGE = Path(__file__).parent
 
 
@@ -282,9 +284,14 @@ def _far_from_training(query: str, checkpoint: str, below: float) -> str:
 
 
 def _plan(args) -> int:
+    with contextlib.ExitStack() as held:  # the output folder's writer lock, released however the plan ends
+        return _plan_held(args, held)
+
+
+def _plan_held(args, held: contextlib.ExitStack) -> int:
     import torch
 
-    from auteur.io import atomic_dir
+    from auteur.io import atomic_dir, writer_lock
     from auteur.plan import Plan, Step, VisualSpace, check_plan_out, load_plan, plan_to_json, save_plan
     from director.checkpoint import build_director
     from director.plan import Planner
@@ -311,12 +318,18 @@ def _plan(args) -> int:
         query = printable(query).strip()  # no terminal control codes in what is printed and written
     if not query:
         raise UsageError('the query is empty: give what to plan, e.g. "how to cook a tuna sandwich"')
+    if len(query) > MAX_QUERY_CHARS:
+        raise UsageError(
+            f"the query is {len(query)} characters long; a query names what to make in one sentence "
+            f"(at most {MAX_QUERY_CHARS} characters)"
+        )
     if args.steps is not None and args.steps < 1:
         raise UsageError(f"--steps must be at least 1, got {args.steps}")
     if args.image_caption and args.image is None:
         raise UsageError("--image-caption goes with --image PATH")
     image = _read_image(args.image) if args.image is not None else None  # before any model loads
     out = check_plan_out(args.out or Path("runs") / "plans" / _slug(query))
+    held.enter_context(writer_lock(out))  # one writer per folder; an unwritable place fails before the model loads
     replaces = (out / "plan.json").is_file()
     if args.preset is None:  # a continued plan keeps the director that wrote it
         args.preset = (old.provenance.get("preset") if args.cont is not None else None) or "default"
@@ -338,7 +351,7 @@ def _plan(args) -> int:
     if keep:
         old_space = load_plan(args.cont).space
         space.check_same(old_space, what=f"embeddings of {args.cont}")
-    n_prompt = len(backbone.tokenizer(query)["input_ids"])
+    n_prompt = len(backbone.tokenizer(query, verbose=False)["input_ids"])  # no length warning before our error
     limit = getattr(backbone.model.config.get_text_config(), "max_position_embeddings", 2048)  # a VLM: its LM
     if n_prompt > limit // 4:
         raise UsageError(f"the query has {n_prompt} tokens; the model's context ({limit}) cannot hold a plan for it")
@@ -348,6 +361,13 @@ def _plan(args) -> int:
     if args.steps is not None and len(keep) >= args.steps:
         raise UsageError(f"--steps {args.steps} leaves nothing to generate after keeping {len(keep)} steps")
     planner = Planner(director, cfg.plan)
+    if args.steps is not None:
+        fit = (planner.context_tokens() - n_prompt) // planner.step_tokens_min()
+        if args.steps > fit:
+            raise UsageError(
+                f"--steps {args.steps} cannot fit: the model's context ({planner.context_tokens()} tokens) holds at "
+                f"most {fit} steps of {planner.step_tokens_min()}+ tokens after this query"
+            )
     streaming = not (args.json or args.quiet)
     printer = _StepPrinter(query) if streaming else None
     result = planner.plan(query, steps=args.steps, seed=args.seed, keep=keep, initial=initial, on_text=printer)
@@ -386,7 +406,12 @@ def _plan(args) -> int:
         save_plan(plan, tmp)
         save_config(cfg, tmp)
     notes = [] if trained else ["note: an UNTRAINED director (random weights; tiny preset) wrote this plan"]
-    if args.steps is None and not result.ended_by_model:
+    if result.stats.get("context_full"):
+        notes.append(
+            f"note: the plan stopped after {len(result.steps)} steps: the model's context "
+            f"({planner.context_tokens()} tokens) could not hold another"
+        )
+    elif args.steps is None and not result.ended_by_model:
         notes.append(f"note: the plan stopped at plan.max_steps ({cfg.plan.max_steps}) before the director ended it")
     if replaces:
         notes.append(f"note: replaced the plan that was in {out}")

@@ -173,6 +173,21 @@ class Planner:
             always = {self.step_tok, self.done_tok, *self.newline, *self.stop_ids}
             self.trained_vocab = (set(director.output_vocab) | always) - banned
 
+    def context_tokens(self) -> int:
+        """The LM's context length (``max_position_embeddings`` of its text config; 2048 when it has none)."""
+        text_cfg = self.d.base_lm().config.get_text_config()
+        return int(getattr(text_cfg, "max_position_embeddings", None) or 2048)
+
+    def step_tokens_max(self) -> int:
+        """The most tokens one planned step can take: its header, action, caption and image block."""
+        header = len(self._ids("Step 100.")) + len(self._ids("Caption:")) + 2 * len(self.newline)
+        text = self.cfg.max_action_tokens + (self.cfg.max_caption_tokens if self.cfg.captions else 0)
+        return header + text + len(self.d.image_block_ids()) + 1
+
+    def step_tokens_min(self) -> int:
+        """The fewest tokens one planned step takes (header, one action token, image block)."""
+        return len(self._ids("Step 1.")) + 1 + len(self.newline) + len(self.d.image_block_ids())
+
     def _output_head(self, texts: list[str]) -> OutputHead | None:
         """The restricted output projection for a plan whose given text is ``texts`` (query, kept steps): their
         tokens join the trained vocabulary, so a plan can repeat a word of the query it never saw in training."""
@@ -387,8 +402,12 @@ class Planner:
                 emit("caption", k, caption)
         ended = False
         limit = steps if steps is not None else self.cfg.max_steps
+        room = self.context_tokens()
         while len(result) < limit:
             k = len(result) + 1
+            if len(f.ids) + self.step_tokens_max() > room:  # the next step might not fit: the plan ends here
+                stats["context_full"] = 1
+                break
             if k > 1:
                 pair = logits[[self.step_tok, self.done_tok]]
                 stats.setdefault("p_done", []).append(float(torch.softmax(pair, -1)[1]))

@@ -96,7 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     todo = [q for q in qs if q not in done]
     if todo:
         cfg = resolve_config(args.preset, args.overrides)
-        director, _, _ = build_director(cfg.backbone, cfg.model, VisualSpace("unknown", 0), checkpoint=cfg.checkpoint)
+        director, _, _ = build_director(
+            cfg.backbone, cfg.model, VisualSpace("unknown", 0), cfg.checkpoint, fold_lora=cfg.plan.merge_lora
+        )
         planner = Planner(director, cfg.plan)
         for i, q in enumerate(todo):
             t0 = time.perf_counter()

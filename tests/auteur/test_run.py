@@ -135,3 +135,72 @@ def test_auteur_run_default_offline(tmp_path, capsys, monkeypatch):
     assert all(s.keyframe and s.clip and s.action.strip() for s in plan.steps)
     assert probe(out / "plan" / "video.mp4").num_frames == 8 * 2
     assert "animatic" in capsys.readouterr().out
+
+
+def test_a_query_that_looks_like_an_option_is_planned_as_text(tmp_path):
+    """The query reaches `director plan` after "--": "--help" is what to plan, not an option."""
+    out = tmp_path / "run"
+    cfg = RunConfig(query="--help", out=out, preset="tiny", steps=1)
+    stop_after_plan = StageCommands(renderer=[sys.executable, "-m", "no_such_renderer_pkg.cli"])
+    with pytest.raises(RunError, match="no_such_renderer_pkg"):
+        run(cfg, stop_after_plan)
+    assert load_plan(out / "plan").query == "--help"
+    assert "-- --help" in (out / "logs" / "director.log").read_text().splitlines()[0]
+
+
+def test_a_bank_for_a_renderer_that_uses_none_is_refused(tmp_path, capsys):
+    assert auteur(["run", "toast", "--preset", "tiny", "--bank", str(tmp_path / "nonexistent"),
+                   "--out", str(tmp_path / "run")]) == 2  # fmt: skip
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "--bank is for the default (retrieval) renderer" in err
+    assert not (tmp_path / "run").exists()
+
+
+SLOW_STAGE_RUN = """
+import sys
+from auteur.run import RunConfig, StageCommands, run
+slow = [sys.executable, "-c", "import time; time.sleep(120)"]  # a stage that is still working when the run dies
+run(RunConfig(query="toast", out=sys.argv[1], preset="tiny"), StageCommands(director=slow))
+"""
+
+
+def test_killing_auteur_run_ends_its_running_stage(tmp_path):
+    """kill -9 of a run while a stage works (a stage command that sleeps stands in for a long `director plan`):
+    the stage, in its own process group and told to end with its parent, is gone within seconds."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_STAGE_RUN, str(tmp_path / "run")])
+    children: list[int] = []
+    deadline = time.monotonic() + 60
+    while not children and time.monotonic() < deadline:
+        time.sleep(0.2)
+        with open(f"/proc/{proc.pid}/task/{proc.pid}/children") as f:
+            children = [int(c) for c in f.read().split()]
+    assert children, "the stage never started"
+    assert os.getpgid(children[0]) == children[0] != os.getpgid(proc.pid)  # its own process group
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and any(_alive(c) for c in children):
+        time.sleep(0.2)
+    assert not any(_alive(c) for c in children)
+
+
+def _alive(pid: int) -> bool:
+    """Running (not a zombie waiting for its reaper)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_a_second_run_into_the_same_folder_fails_in_one_line(tmp_path, capsys):
+    from auteur.io import writer_lock
+
+    with writer_lock(tmp_path / "run"):  # as a first `auteur run` holds it while it works
+        assert auteur(["run", "toast", "--preset", "tiny", "--out", str(tmp_path / "run")]) == 2
+    assert "is being written by another process" in capsys.readouterr().err

@@ -86,3 +86,51 @@ def test_queries_without_ascii_words_get_distinct_folders(tmp_path: Path, monkey
         "..",
         "🍕🔥",
     }
+
+
+def _one_line_error(capsys) -> str:
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert err.startswith("error: ") and "\n" not in err, captured.err  # nothing before it (no library warning)
+    return err
+
+
+def test_bad_plan_requests_are_one_line_and_leave_nothing(tmp_path: Path, capsys) -> None:
+    from auteur.io import writer_lock
+
+    out = tmp_path / "p"
+    cases = [
+        (["plan", "toast", "--steps", "10000"], "cannot fit: the model's context"),
+        (["plan", "x" * 100_000], "the query is 100000 characters long"),
+    ]
+    for argv, needle in cases:
+        assert main([*argv, "--preset", "tiny", "--out", str(out)]) == 2
+        assert needle in _one_line_error(capsys)
+        assert not out.exists()
+    with writer_lock(out):  # another `director plan` is writing this folder
+        assert main(["plan", "toast", "--preset", "tiny", "--out", str(out)]) == 2
+    assert "is being written by another process" in _one_line_error(capsys)
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert main(["plan", "toast", "--preset", "tiny", "--out", str(blocker / "p")]) == 2
+    assert "cannot write there" in _one_line_error(capsys)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+def test_a_plan_stops_when_the_context_is_full() -> None:
+    """More steps than the context holds (a plan.max_steps or a caller's count): the plan ends when the next step
+    might not fit, inside the context, and says so (the CLI turns it into a note)."""
+    from auteur.config import load_config
+    from auteur.plan import VisualSpace
+    from director.checkpoint import build_director
+    from director.config import PRESETS, DirectorConfig
+    from director.plan import Planner
+
+    cfg = load_config(DirectorConfig, "tiny", preset_dir=PRESETS)
+    director, _, _ = build_director(cfg.backbone, cfg.model, VisualSpace("test/space", 32))
+    planner = Planner(director, cfg.plan)
+    result = planner.plan("toast", steps=10_000)
+    assert result.stats.get("context_full") == 1
+    assert result.stats["context_tokens"] <= planner.context_tokens() == 2048
+    assert result.stats["context_tokens"] + planner.step_tokens_max() > planner.context_tokens()
+    assert 1 < len(result.steps) < 10_000
