@@ -105,7 +105,7 @@ def detect_format(path: Path) -> str:
     if suffix in {".yaml", ".yml"}:
         try:
             data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except (OSError, yaml.YAMLError) as e:
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
             raise PromptsError(f"cannot read {path} as YAML: {str(e).splitlines()[0]}") from None
         if (
             isinstance(data, dict)
@@ -153,7 +153,10 @@ def read_prompts(spec: str | Path, fmt: str | None = None, limit: int | None = N
     }
     if fmt not in readers:
         raise PromptsError(f"unknown prompts format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    items = readers[fmt](path, subset or None)
+    try:
+        items = readers[fmt](path, subset or None)
+    except (UnicodeDecodeError, yaml.YAMLError, csv.Error) as e:  # binary or garbled files of any format
+        raise PromptsError(f"cannot read {path} as {fmt} prompts (UTF-8 text): {str(e).splitlines()[0]}") from None
     if not items:
         raise PromptsError(f"{spec}: no prompts found")
     seen: dict[str, int] = {}
@@ -167,7 +170,10 @@ def read_prompts(spec: str | Path, fmt: str | None = None, limit: int | None = N
 
 
 def _lines(path: Path, subset: str | None) -> list[PromptItem]:
-    lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    from auteur.text import printable
+
+    lines = [printable(ln).strip() for ln in path.read_text(encoding="utf-8").splitlines()]
+    lines = [ln for ln in lines if ln]
     return [PromptItem(id=f"{i + 1:03d}-{slug(ln, 40)}", prompt=ln) for i, ln in enumerate(lines)]
 
 

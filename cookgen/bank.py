@@ -39,7 +39,7 @@ import torch
 from auteur.bank import BANK_FILE, BANK_FORMAT, EMB_FILE, TEXT_EMB_FILE, load_bank
 from auteur.config import from_dict, parse_overrides, read_preset, save_config
 from auteur.errors import AuteurError
-from auteur.io import atomic_path, atomic_write_json, clean_stale_temporaries, ensure_writable_dir
+from auteur.io import atomic_path, atomic_write_json, clean_stale_temporaries, ensure_writable_dir, writer_lock
 from auteur.plan import VisualSpace, read_space
 from auteur.vision import VisionConfig
 from cookgen.records import CookgenError
@@ -269,13 +269,18 @@ def build_bank(cfg: BankConfig, clips: str | Path, out: str | Path, progress: bo
     :class:`CookgenError` for a missing or clip-less folder, a bad config, a bank made with other settings, or
     when no clip can be read (then a new ``out`` is removed again: nothing half-written is left).
     """
+
+    _check(cfg)
+    with writer_lock(out):  # one `cookgen bank` per --out at a time
+        return _build_bank(cfg, Path(clips), Path(out), progress)
+
+
+def _build_bank(cfg: BankConfig, clips: Path, out: Path, progress: bool) -> Path:
     from safetensors.torch import load_file, save_file
     from tqdm.auto import tqdm
 
     from auteur.vision import load_encoder
 
-    _check(cfg)
-    clips, out = Path(clips), Path(out)
     if not clips.is_dir():
         raise CookgenError(f"clips folder not found: {clips}")
     paths = find_clips(clips, cfg.extensions)

@@ -36,7 +36,14 @@ from typing import Any, Literal
 from tqdm.auto import tqdm
 
 from auteur.config import dump_config, save_config
-from auteur.io import atomic_dir, atomic_path, atomic_write_json, clean_stale_temporaries, ensure_writable_dir
+from auteur.io import (
+    atomic_dir,
+    atomic_path,
+    atomic_write_json,
+    clean_stale_temporaries,
+    ensure_writable_dir,
+    writer_lock,
+)
 from auteur.vision import VisionConfig
 from cookgen.caption import CaptionConfig
 from cookgen.records import BadInput, CookgenError, Segment, VideoRecord, shard_of
@@ -482,7 +489,35 @@ def build(
     inputs: dict[str, str] | None = None,
     options: BuildOptions | None = None,
 ) -> BuildReport:
-    """Build CookGen splits from ``source`` into ``out``; see the module docstring. Returns the report."""
+    """Build CookGen splits from ``source`` into ``out``; see the module docstring. Returns the report.
+
+    One build per ``out`` at a time (a second one fails in one line: :func:`auteur.io.writer_lock`). A build that
+    fails before any video is done leaves no ``out`` behind when it created it (a killed or failed build with
+    finished videos keeps them: the next run resumes)."""
+    out = Path(out)
+    created = not out.exists()
+    with writer_lock(out):
+        try:
+            return _build(cfg, source, out, source_name, inputs, options)
+        except BaseException:
+            if created and out.is_dir() and not _holds_work(out):
+                shutil.rmtree(out, ignore_errors=True)
+            raise
+
+
+def _holds_work(out: Path) -> bool:
+    """Whether a build folder holds anything worth keeping: a finished video, or finished splits."""
+    return (out / MANIFEST).exists() or any((out / "work" / "videos").glob("*.json"))
+
+
+def _build(
+    cfg: BuildConfig,
+    source: SourceResult,
+    out: Path,
+    source_name: str,
+    inputs: dict[str, str] | None,
+    options: BuildOptions | None,
+) -> BuildReport:
     opts = options or BuildOptions()
     t0 = time.perf_counter()
     out = ensure_writable_dir(out)

@@ -266,7 +266,7 @@ def _build(args) -> int:
 
 
 def _bank(args) -> int:
-    from auteur.bank import load_bank
+    from auteur.bank import BANK_FILE, load_bank
     from cookgen.bank import build_bank, load_bank_config
 
     cfg = load_bank_config(args.config, args.overrides)
@@ -275,7 +275,13 @@ def _bank(args) -> int:
     out = build_bank(cfg, args.clips, args.out, progress=not args.no_progress)
     bank = load_bank(out)
     clips, space = len({f["source"] for f in bank.frames}), bank.space
-    print(f"frame bank: {len(bank.frames)} frames from {clips} clips in {space.name} (dim {space.dim}) -> {out}")
+    skipped = json.loads((out / BANK_FILE).read_text(encoding="utf-8")).get("skipped") or []
+    line = f"frame bank: {len(bank.frames)} frames from {clips} clips in {space.name} (dim {space.dim}) -> {out}"
+    if skipped:
+        line += (
+            f"; {len(skipped)} unreadable clip{'s' if len(skipped) > 1 else ''} skipped (listed in {out / BANK_FILE})"
+        )
+    print(line)
     return 0
 
 

@@ -114,13 +114,16 @@ def read_labels(path: str | Path | None) -> dict[str, str]:
     if not path.is_file():
         raise CookgenError(f"labels file not found: {path}")
     out = {}
-    with path.open(newline="", encoding="utf-8") as f:
-        for i, row in enumerate(csv.reader(f)):
-            if not row:
-                continue
-            if len(row) < 2:
-                raise CookgenError(f"labels file {path} line {i + 1}: expected 'recipe_type,name', got {row}")
-            out[row[0].strip()] = row[1].strip()
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            for i, row in enumerate(csv.reader(f)):
+                if not row:
+                    continue
+                if len(row) < 2:
+                    raise CookgenError(f"labels file {path} line {i + 1}: expected 'recipe_type,name', got {row}")
+                out[row[0].strip()] = row[1].strip()
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise CookgenError(f"labels file {path} is not a readable UTF-8 CSV: {e}") from None
     return out
 
 

@@ -102,6 +102,7 @@ def test_bad_clips_are_skipped_and_listed(tmp_path: Path, capsys):
     rc, text, err = run(["bank", root, "--out", tmp_path / "bank", "--interval", "0.5", *FAST], capsys)
     assert rc == 0, err
     assert "frame bank: 4 frames from 2 clips" in text
+    assert "; 1 unreadable clip skipped (listed in" in text  # the closing summary counts what was skipped
     meta = json.loads((tmp_path / "bank" / BANK_FILE).read_text())
     assert [s["clip"] for s in meta["skipped"]] == ["Dish_0/broken.mp4"] and meta["num_clips"] == 2
 

@@ -127,6 +127,7 @@ def test_bad_videos_exit_2_or_are_counted(tmp_path: Path, capsys) -> None:
     base = ["build", "youcook2", "--annotations", str(ann), "--videos", str(vids), "--config", "tiny", "--no-progress"]
     rc, _, err = run(base + ["--out", str(tmp_path / "o1")], capsys)
     assert rc == 2 and err.count("\n") == 1 and "missing" in err
+    assert not (tmp_path / "o1").exists()  # failed before any video was done: no folder left behind
     del db["missing"]
     write_youcook2(ann, db)
     rc, _, err = run(base + ["--out", str(tmp_path / "o2")], capsys)

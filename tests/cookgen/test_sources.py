@@ -71,6 +71,14 @@ def test_youcook2_bad_files(tmp_path: Path, content: str, needle: str) -> None:
         read_youcook2(tmp_path / "missing.json")
 
 
+def test_a_binary_labels_file_is_one_error(small_youcook2, tmp_path: Path) -> None:
+    ann, _ = small_youcook2
+    labels = tmp_path / "labels.csv"
+    labels.write_bytes(bytes(range(128, 256)) * 8)
+    with pytest.raises(CookgenError, match="not a readable UTF-8 CSV"):
+        read_youcook2(ann, labels)
+
+
 def test_youcook2_videos_folder_is_indexed(small_youcook2, tmp_path: Path) -> None:
     ann, _ = small_youcook2
     vids = tmp_path / "videos" / "training" / "101"

@@ -105,3 +105,19 @@ def test_unknown_or_bad_formats(tmp_path):
     (tmp_path / "y.json").write_text("{not json")
     with pytest.raises(PromptsError, match="JSON"):
         read_prompts(tmp_path / "y.json")
+
+
+@pytest.mark.parametrize("suffix", [".txt", ".yaml", ".json"])
+def test_random_bytes_are_one_error(tmp_path, suffix):
+    import random
+
+    path = tmp_path / f"prompts{suffix}"
+    path.write_bytes(bytes(random.Random(0).randrange(128, 256) for _ in range(3000)))
+    with pytest.raises(PromptsError, match=f"cannot read {path}"):
+        read_prompts(path)
+
+
+def test_control_characters_do_not_reach_prompts(tmp_path):
+    path = tmp_path / "p.txt"
+    path.write_text("make \x1b[31mtoast\x07\nboil\x00 an egg\n")
+    assert [it.prompt for it in read_prompts(path)] == ["make [31mtoast", "boil an egg"]
