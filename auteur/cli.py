@@ -106,9 +106,8 @@ def _show(args) -> int:
 
 def _embed(args) -> int:
     from PIL import Image, UnidentifiedImageError
-    from safetensors.torch import save_file
 
-    from auteur.io import atomic_path
+    from auteur.io import atomic_path, save_safetensors
     from auteur.vision import VisionConfig, load_encoder
 
     images = []
@@ -126,7 +125,7 @@ def _embed(args) -> int:
     encoder = load_encoder(cfg)
     emb = encoder.embed_images(images, progress=len(images) > 16)
     with atomic_path(args.out, suffix=".safetensors") as tmp:
-        save_file(
+        save_safetensors(
             {"embeddings": emb.contiguous()},
             str(tmp),
             metadata={

@@ -50,11 +50,11 @@ class LatentCache:
 
     def put(self, key: str, tensors: dict[str, torch.Tensor]) -> None:
         """Write a sample's tensors (moved to the CPU) atomically."""
-        from safetensors.torch import save_file
+        from auteur.io import save_safetensors
 
         self.folder.mkdir(parents=True, exist_ok=True)
         with atomic_path(self.path(key)) as tmp:
-            save_file({k: v.detach().cpu().contiguous() for k, v in sorted(tensors.items())}, str(tmp),
+            save_safetensors({k: v.detach().cpu().contiguous() for k, v in sorted(tensors.items())}, str(tmp),
                       metadata={"key": key})  # fmt: skip
 
     def get(self, key: str, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:

@@ -136,7 +136,7 @@ def save_plan(plan: Plan, folder: str | Path) -> Path:
     The embeddings are written first, so a kill between the two files leaves the previous plan.json, which
     still describes a consistent folder or none at all.
     """
-    from safetensors.torch import save_file
+    from auteur.io import save_safetensors
 
     plan.validate()
     folder = Path(folder)
@@ -145,7 +145,7 @@ def save_plan(plan: Plan, folder: str | Path) -> Path:
     if plan.embeddings is not None:
         assert plan.space is not None
         with atomic_path(folder / EMBEDDINGS_FILE) as tmp:
-            save_file(
+            save_safetensors(
                 {"embeddings": plan.embeddings.detach().to("cpu", torch.float32).contiguous()},
                 str(tmp),
                 metadata={"space": plan.space.name, "dim": str(plan.space.dim), "format": PLAN_FORMAT},

@@ -128,8 +128,8 @@ def _check_sampling(work: Path, sampling: dict[str, Any], out: Path) -> None:
 def _embed_clip(path: Path, rel: Path, key: str, cfg: BankConfig, encoder, out: Path) -> list[dict[str, Any]]:
     """Sample, store and embed one clip; leaves work/<key>.safetensors then work/<key>.json (the clip is done)."""
     from PIL import Image
-    from safetensors.torch import save_file
 
+    from auteur.io import save_safetensors
     from auteur.video import frames_at, probe
 
     work = out / "work"
@@ -148,7 +148,7 @@ def _embed_clip(path: Path, rel: Path, key: str, cfg: BankConfig, encoder, out: 
         records.append({"image": image_rel, "source": rel.as_posix(), "time": round(float(t), 4)})
     emb = encoder.embed_images(images)  # [n, dim]
     with atomic_path(work / f"{key}.safetensors") as tmp:
-        save_file(
+        save_safetensors(
             {"embeddings": emb.to(torch.float32).contiguous()},
             str(tmp),
             metadata={"space": encoder.space.name, "dim": str(encoder.space.dim)},
@@ -237,8 +237,7 @@ def source_texts(clips: Path, rels: list[Path]) -> dict[str, dict[str, str]]:
 def _write_texts(frames: list[dict[str, Any]], clips: Path, paths: list[Path], out: Path) -> dict[str, Any]:
     """Attach a ``text`` index to each frame whose clip has a source-step text, embed the texts (MiniLM) into
     ``out/text_embeddings.safetensors``; the keys ``texts`` and ``text_space`` for ``bank.json`` ({} if none)."""
-    from safetensors.torch import save_file
-
+    from auteur.io import save_safetensors
     from auteur.sentence import load_sentence_encoder, step_text
 
     found = source_texts(clips, [p.relative_to(clips) for p in paths])
@@ -254,7 +253,7 @@ def _write_texts(frames: list[dict[str, Any]], clips: Path, paths: list[Path], o
     enc = load_sentence_encoder()
     emb = enc.encode([step_text(t["action"], t["caption"]) for t in texts])
     with atomic_path(out / TEXT_EMB_FILE) as tmp:
-        save_file(
+        save_safetensors(
             {"embeddings": emb.to(torch.float32).contiguous()},
             str(tmp),
             metadata={"space": enc.space.name, "dim": str(enc.space.dim)},
@@ -276,9 +275,10 @@ def build_bank(cfg: BankConfig, clips: str | Path, out: str | Path, progress: bo
 
 
 def _build_bank(cfg: BankConfig, clips: Path, out: Path, progress: bool) -> Path:
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
     from tqdm.auto import tqdm
 
+    from auteur.io import save_safetensors
     from auteur.vision import load_encoder
 
     if not clips.is_dir():
@@ -337,7 +337,7 @@ def _build_bank(cfg: BankConfig, clips: Path, out: Path, progress: bool) -> Path
         f.pop("text", None)
     text_keys = _write_texts(frames, clips, paths, out) if cfg.texts else {}
     with atomic_path(out / EMB_FILE) as tmp:
-        save_file(
+        save_safetensors(
             {"embeddings": matrix},
             str(tmp),
             metadata={"space": encoder.space.name, "dim": str(encoder.space.dim), "format": BANK_FORMAT},

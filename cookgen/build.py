@@ -241,9 +241,9 @@ def process_video(rec: VideoRecord, cfg: BuildConfig, out: Path, skip_bad: bool 
     step is dropped and counted).
     """
     from PIL import Image
-    from safetensors.torch import save_file
 
     from auteur.errors import VideoError
+    from auteur.io import save_safetensors
     from auteur.video import cut_clip, frames_at, probe
 
     def video_error(e: VideoError, reason: str = "video_corrupt") -> BadInput:
@@ -324,7 +324,7 @@ def process_video(rec: VideoRecord, cfg: BuildConfig, out: Path, skip_bad: bool 
     # 5. embeddings
     emb = encoder.embed_images(keyframes)
     with atomic_path(out / "work" / "emb" / f"{rec.safe_id}.safetensors") as tmp:
-        save_file(
+        save_safetensors(
             {"embeddings": emb.contiguous()},
             str(tmp),
             metadata={"space": encoder.space.name, "dim": str(encoder.space.dim)},

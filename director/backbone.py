@@ -484,8 +484,9 @@ def _convert_gguf(gguf: Path, sha: str, folder: Path) -> None:
     """De-quantise ``gguf`` once and write it to ``folder`` as a plain transformers model (atomically)."""
     import torch
     import transformers
-    from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM
+
+    from auteur.io import save_safetensors
 
     log.info("one-time conversion of %s into %s (de-quantising, ~30-60 s) ...", gguf.name, folder)
     t0 = time.perf_counter()
@@ -505,7 +506,7 @@ def _convert_gguf(gguf: Path, sha: str, folder: Path) -> None:
                 continue
             seen[ident] = key
             state[key] = tensor.detach().contiguous()
-        save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        save_safetensors(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         # check: the saved model must compute exactly what the GGUF-loaded one does
         with _quiet_transformers():
             reloaded = AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32).eval()

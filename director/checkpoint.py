@@ -83,6 +83,7 @@ def write_checkpoint(
         lm_state = None if state is None else {k[len("lm.") :]: v for k, v in state.items() if k.startswith("lm.")}
         director.lm.save_pretrained(str(folder), save_embedding_layers=False, state_dict=lm_state)
         (folder / "README.md").unlink(missing_ok=True)
+        _sort_adapter_config(folder)
     if state is None:
         extra = director.extra_state()
     else:
@@ -102,6 +103,16 @@ def write_checkpoint(
         write_block_fill(folder, block_fill)
     if train_queries is not None:
         atomic_write_json(folder / TRAIN_QUERIES, sorted(set(train_queries)))
+
+
+def _sort_adapter_config(folder: Path) -> None:
+    """peft writes ``target_modules`` from a set (its order changes between processes): sort it, so that two
+    identical trainings write identical files."""
+    path = folder / ADAPTER_CONFIG
+    settings = json.loads(path.read_text(encoding="utf-8"))
+    if isinstance(settings.get("target_modules"), list):
+        settings["target_modules"] = sorted(settings["target_modules"])
+        atomic_write_json(path, settings)
 
 
 def read_train_queries(folder: str | Path) -> list[str] | None:

@@ -336,7 +336,8 @@ def save_checkpoint(
     full state ``renderer train`` gathers from every process, fp32); by default the renderer's own, in fp32.
     """
     from peft.utils import get_peft_model_state_dict
-    from safetensors.torch import save_file
+
+    from auteur.io import save_safetensors
 
     if lora is None:
         lora = get_peft_model_state_dict(renderer.pipe.transformer)
@@ -345,8 +346,8 @@ def save_checkpoint(
         adapter = {k: v.detach().to(torch.float32) for k, v in renderer.adapter.state_dict().items()}
     lora = {k: v.detach().cpu().contiguous() for k, v in lora.items()}
     adapter = {k: v.detach().cpu().contiguous() for k, v in adapter.items()}
-    save_file(lora, str(folder / LORA_FILE))
-    save_file(
+    save_safetensors(lora, str(folder / LORA_FILE))
+    save_safetensors(
         adapter, str(folder / ADAPTER_FILE), metadata={"space": renderer.space.name, "dim": str(renderer.space.dim)}
     )
     meta = {

@@ -740,7 +740,9 @@ def bank_prefilter(
     writable. A bank rebuilt with other rows (``cookgen bank`` adding clips) gets a new fit at its next load.
     """
     from safetensors import SafetensorError, safe_open
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
+
+    from auteur.io import save_safetensors
 
     if len(bank.frames) < max(1, min_frames):
         return None
@@ -760,7 +762,8 @@ def bank_prefilter(
     pf = Prefilter.fit(unit, ranks)
     try:
         with atomic_path(path) as tmp:
-            save_file({k: v.contiguous() for k, v in pf.state().items()}, str(tmp), {"fingerprint": fingerprint})
+            state = {k: v.contiguous() for k, v in pf.state().items()}
+            save_safetensors(state, str(tmp), {"fingerprint": fingerprint})
     except OSError as e:  # a read-only bank still renders, it refits next time
         log.warning("could not store the prefilter in %s: %s", bank.folder, e)
     return pf

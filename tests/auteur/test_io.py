@@ -124,3 +124,29 @@ def test_a_second_writer_of_one_folder_fails_in_one_line(tmp_path: Path) -> None
     with pytest.raises(AuteurError, match="cannot write there"):
         with writer_lock(blocker / "plan"):
             pass
+
+
+SAVE = """
+import sys, torch
+from auteur.io import save_safetensors
+save_safetensors({"b": torch.ones(2), "a": torch.zeros(3)}, sys.argv[1],
+                 metadata={"space": "x", "dim": "3", "format": "f", "fingerprint": "0123"})
+"""
+
+
+def test_identical_safetensors_writes_are_identical_bytes(tmp_path: Path) -> None:
+    """safetensors orders the metadata by a per-process hash seed; save_safetensors sorts it, so six processes
+    writing the same tensors and metadata write the same bytes (and the file still loads)."""
+    import hashlib
+    import subprocess
+    import sys
+
+    from safetensors import safe_open
+
+    paths = [tmp_path / f"{i}.safetensors" for i in range(6)]
+    for p in paths:
+        subprocess.run([sys.executable, "-c", SAVE, str(p)], check=True)
+    assert len({hashlib.sha256(p.read_bytes()).hexdigest() for p in paths}) == 1
+    with safe_open(str(paths[0]), "pt") as f:
+        assert f.metadata() == {"dim": "3", "fingerprint": "0123", "format": "f", "space": "x"}
+        assert f.get_tensor("a").tolist() == [0.0, 0.0, 0.0]

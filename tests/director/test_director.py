@@ -386,6 +386,7 @@ def test_a_folded_adapter_is_peft_merge_without_peft(tmp_path: Path) -> None:
         folded.loss({"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}, LossConfig())
     # an adapter the plain sum does not cover (DoRA here) goes through peft's merge instead
     settings = json.loads((ckpt / "adapter_config.json").read_text())
+    assert settings["target_modules"] == sorted(settings["target_modules"])  # not peft's per-process set order
     (ckpt / "adapter_config.json").write_text(json.dumps({**settings, "use_dora": True}))
     peft_path, _, _ = build_director(cfg.backbone, cfg.model, TINY_SPACE, ckpt, fold_lora=True)
     assert peft_path.cfg.lora.enabled and not peft_path.lora_merged
