@@ -12,6 +12,7 @@ checkout), a command that picks a preset spells it ``--preset`` (``--config`` is
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import sys
 from collections.abc import Callable
@@ -95,7 +96,17 @@ def run_cli(body: Callable[[], int | None]) -> int:
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
+    except OSError as e:
+        if e.errno not in _USER_OS_ERRORS:
+            raise  # anything else is a bug worth its traceback
+        where = f" {e.filename}" if e.filename else ""
+        print(f"error: cannot write{where}: {e.strerror or e}", file=sys.stderr)
+        return 2
     return int(rc or 0)
+
+
+# what the user's machine can cause (not the code): a read-only mount, no permission, a full or over-quota disk
+_USER_OS_ERRORS = {errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT}
 
 
 def setup_logging(verbose: bool = False) -> None:
