@@ -168,6 +168,14 @@ def _parser() -> ArgumentParser:
     ev.add_argument("--limit", type=int, help="evaluate the first N videos only")
     ev.add_argument("--baselines", action="store_true", help="also score the zero-shot and retrieval baselines")
     ev.add_argument(
+        "--unseen",
+        action="store_true",
+        help="score the held-out dishes of director/eval/unseen_dishes.json (every video of each) instead of a "
+        "split; the checkpoint must not have been trained on them; --baselines adds nearest-dish retrieval, "
+        "nearest-dish typical recipe and a real-video calibration row",
+    )
+    ev.add_argument("--skip-director", action="store_true", help="score the baselines only (with --baselines)")
+    ev.add_argument(
         "--out",
         type=Path,
         default=Path("runs/director-eval"),

@@ -548,39 +548,66 @@ def run_eval(cfg: Any, args: Any) -> str:
     annotations = Path(args.annotations)
     labels = args.labels or (annotations.parent / "label_foodtype.csv")
     labels = labels if Path(labels).is_file() else None
-    videos = load_eval_videos(annotations, labels, args.split)
+    unseen = getattr(args, "unseen", False)
+    with_director = not getattr(args, "skip_director", False)
+    if not with_director and not args.baselines:
+        raise EvalError("--skip-director leaves nothing to score without --baselines")
+    if unseen:
+        from director.unseen import check_not_trained_on, read_split, split_videos
+
+        held_out = read_split()
+        videos, seen_train = split_videos(annotations, labels, held_out)
+    else:
+        videos = load_eval_videos(annotations, labels, args.split)
     if args.limit is not None:
         if args.limit < 1:
             raise EvalError("--limit must be at least 1")
         videos = videos[: args.limit]
+    if with_director and cfg.checkpoint is None:
+        raise EvalError("the preset has no trained director checkpoint to evaluate")
+    if with_director and unseen:
+        check_not_trained_on(cfg.checkpoint, held_out)  # before anything is written or loaded
     out = ensure_writable_dir(args.out)
     cfg.plan.captions = False  # actions are what is scored; captions would only cost time
     cfg.plan.temperature = 0.0
-    if cfg.checkpoint is None:
-        raise EvalError("the preset has no trained director checkpoint to evaluate")
-    director, backbone, meta = build_director(
-        cfg.backbone, cfg.model, VisualSpace("unset", 1), cfg.checkpoint, fold_lora=cfg.plan.merge_lora
-    )
-    planner = Planner(director, cfg.plan)
-    planners: dict[str, Callable[[str], list[str]]] = {
-        "director": lambda q: [s.action for s in planner.plan(q, seed=0).steps],
-    }
-    if args.baselines:
-        train_videos = load_eval_videos(annotations, labels, "training")
-        base = load_backbone(cfg.backbone)
-        planners["zero-shot base model"] = ZeroShotBaseline(base.model, base.tokenizer)
-        planners["retrieval (same-dish training video)"] = RetrievalBaseline(train_videos)
+    planners: dict[str, Callable[[str], list[str]]] = {}
+    base_model_id = None
+    if with_director:
+        director, backbone, meta = build_director(
+            cfg.backbone, cfg.model, VisualSpace("unset", 1), cfg.checkpoint, fold_lora=cfg.plan.merge_lora
+        )
+        base_model_id = backbone.model_id
+        planner = Planner(director, cfg.plan)
+        planners["director"] = lambda q: [s.action for s in planner.plan(q, seed=0).steps]
     enc = SentenceEncoder()
+    if args.baselines:
+        base = load_backbone(cfg.backbone)
+        base_model_id = base.model_id
+        planners["zero-shot base model"] = ZeroShotBaseline(base.model, base.tokenizer)
+        if unseen:
+            from director.unseen import NearestDish, NearestDishRetrieval, NearestDishTypical
+
+            nearest = NearestDish(seen_train, enc)
+            planners["nearest-dish retrieval (a training video)"] = NearestDishRetrieval(nearest)
+            planners["nearest-dish typical recipe"] = NearestDishTypical(nearest)
+        else:
+            planners["retrieval (same-dish training video)"] = RetrievalBaseline(
+                load_eval_videos(annotations, labels, "training")
+            )
     results = evaluate(planners, videos, enc, cache_path=out / "plans.jsonl", dedupe_queries=True)
+    if unseen and args.baselines:
+        from director.unseen import calibration
+
+        results["real-video calibration (another video of the dish)"] = calibration(videos, enc)
     table = format_table(results)
     atomic_write_json(
         out / "results.json",
         {
-            "split": args.split,
+            "split": "unseen dishes (director/eval/unseen_dishes.json)" if unseen else args.split,
             "videos": len(videos),
             "results": results,
-            "checkpoint": str(cfg.checkpoint),
-            "base_model": backbone.model_id,
+            "checkpoint": str(cfg.checkpoint) if with_director else None,
+            "base_model": base_model_id,
         },
     )
     atomic_write_text(out / "results.md", table + "\n")
