@@ -36,6 +36,9 @@ class DataConfig:
     # also train each window that starts a recipe whose first step has an embedding once more with that step's
     # (caption, embedding) as the initial image-text pair after the prompt (``director plan --image``)
     initial_image: bool = False
+    # leave out every recipe of the held-out dishes of director/eval/unseen_dishes.json (all splits), so that
+    # `director eval --unseen` can score the checkpoint (its train_queries.json then shows none of them)
+    exclude_unseen: bool = False
 
 
 @dataclass

@@ -78,7 +78,18 @@ def _episodes(cfg: DirectorConfig, space: VisualSpace, split: str) -> list[Episo
     episodes = []
     for d in cfg.data:
         episodes += load_episodes(d, split, space)
-    return episodes
+    return without_unseen(episodes) if cfg.dataset.exclude_unseen else episodes
+
+
+def without_unseen(episodes: list[Episode]) -> list[Episode]:
+    """``episodes`` without the recipes of the held-out dishes (``dataset.exclude_unseen``)."""
+    from director.unseen import read_split
+
+    held = {q.lower() for q in read_split().queries()}
+    kept = [e for e in episodes if e.query.strip().lower() not in held]
+    log.info("dataset.exclude_unseen: %d of %d recipes left out (held-out dishes)", len(episodes) - len(kept),
+             len(episodes))  # fmt: skip
+    return kept
 
 
 def training_queries(cfg: DirectorConfig, space: VisualSpace) -> list[str]:

@@ -85,3 +85,12 @@ def test_calibration_scores_one_real_video_against_the_dishs_others() -> None:
     assert row["n"] == 2  # the chosen pasta video against the two others; toast has no pair
     assert row["rouge_l"] == pytest.approx(1.0) and row["semantic_sim"] == pytest.approx(1.0, abs=1e-5)
     assert row["step_count_error"] == 0
+
+
+def test_training_can_leave_the_held_out_dishes_out() -> None:
+    from director.data import Episode
+    from director.train import without_unseen
+
+    episodes = [Episode("how to make Kimchi", []), Episode("how to make toast", []),
+                Episode("how to make samosa", [])]  # fmt: skip
+    assert [e.query for e in without_unseen(episodes)] == ["how to make toast"]
