@@ -76,8 +76,11 @@ def run_main(args: list[str]) -> int:
     in about a second. The plan folder lands in ``runs/plans/<query>/``; any extra arguments after the query go
     to ``director plan`` (e.g. ``--steps 6 --json``).
     """
-    query = args[0] if args else "how to cook a tuna sandwich"
-    return subprocess.call([str(_bin("director")), "plan", query, *args[1:]], cwd=ROOT)
+    if args and not args[0].startswith("-"):
+        query, options = args[0], args[1:]
+    else:  # only options (`tasks.py run --steps 5`): the default query
+        query, options = "how to cook a tuna sandwich", args
+    return subprocess.call([str(_bin("director")), "plan", *options, "--", query], cwd=ROOT)
 
 
 def run_tests(args: list[str]) -> int:

@@ -69,3 +69,15 @@ def test_every_runnable_readme_block_runs_as_written(tmp_path: Path) -> None:
     assert (runs / "tuna" / "plan" / "plan.json").is_file() and list((runs / "tuna" / "plan").glob("**/*.png"))
     assert (runs / "tuna2" / "plan" / "video.mp4").is_file() and (runs / "tuna2" / "storyboard.html").is_file()
     assert (runs / "director-tiny" / "final" / "director.json").is_file()
+
+
+def test_tasks_run_with_options_only_plans_the_default_query(tmp_path: Path) -> None:
+    """`python3 tasks.py run --steps 5` (options, no query) plans the README's query, not an "empty query"."""
+    import json
+    import sys
+
+    out = tmp_path / "plan"
+    run = subprocess.run([sys.executable, "tasks.py", "run", "--steps", "1", "--preset", "tiny", "--quiet", "--out",
+                          str(out)], cwd=ROOT, capture_output=True, text=True)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert json.loads((out / "plan.json").read_text())["query"] == "how to cook a tuna sandwich"
