@@ -355,17 +355,25 @@ class ZeroShotBaseline:
 
     def prompt(self, query: str) -> str:
         """The text fed to the model for ``query`` (chat-templated when the tokenizer has a template)."""
-        content = ZERO_SHOT_PROMPT.format(query=query.strip().rstrip("?.").strip())
+        return self._wrap(ZERO_SHOT_PROMPT.format(query=query.strip().rstrip("?.").strip()))
+
+    def _wrap(self, content: str) -> str:
         if getattr(self.tokenizer, "chat_template", None):
             return self.tokenizer.apply_chat_template(
                 [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True
             )
         return content + "\n"
 
-    @torch.inference_mode()
     def generate(self, query: str) -> str:
         """The model's raw answer to ``query`` (greedy)."""
-        text = self.prompt(query)
+        return self._generate(self.prompt(query))
+
+    def generate_from(self, content: str) -> str:
+        """The model's raw answer to a user message of its own (greedy), e.g. one that shows an example recipe."""
+        return self._generate(self._wrap(content))
+
+    @torch.inference_mode()
+    def _generate(self, text: str) -> str:
         templated = getattr(self.tokenizer, "chat_template", None)
         inputs = self.tokenizer(text, return_tensors="pt", add_special_tokens=not templated)
         device = next(self.model.parameters()).device
@@ -585,11 +593,15 @@ def run_eval(cfg: Any, args: Any) -> str:
         base_model_id = base.model_id
         planners["zero-shot base model"] = ZeroShotBaseline(base.model, base.tokenizer)
         if unseen:
-            from director.unseen import NearestDish, NearestDishRetrieval, NearestDishTypical
+            from director.unseen import NearestDish, NearestDishRetrieval, NearestDishTypical, NeighbourPromptBaseline
 
             nearest = NearestDish(seen_train, enc)
             planners["nearest-dish retrieval (a training video)"] = NearestDishRetrieval(nearest)
-            planners["nearest-dish typical recipe"] = NearestDishTypical(nearest)
+            typical = NearestDishTypical(nearest)
+            planners["nearest-dish typical recipe"] = typical
+            planners["zero-shot shown the nearest-dish typical recipe"] = NeighbourPromptBaseline(
+                planners["zero-shot base model"], typical
+            )
         else:
             planners["retrieval (same-dish training video)"] = RetrievalBaseline(
                 load_eval_videos(annotations, labels, "training")

@@ -222,3 +222,24 @@ def calibration(videos: list[EvalVideo], enc: SentenceEncoder, seed: int = 0) ->
         "pred_steps": sum(len(p) for p, _ in pairs) / n,
         "n": n,
     }
+
+
+class NeighbourPromptBaseline:
+    """The zero-shot base model, shown the nearest seen dish's typical recipe first (retrieval-augmented prompting,
+    no training): "Here are the steps to make <neighbour>: 1. … List the steps to <query> …"; greedy, the steps
+    read by :func:`director.evaluate.parse_steps`. It measures whether the untrained base model can adapt a
+    neighbour's recipe — the idea a retrieval-augmented director would be trained on."""
+
+    def __init__(self, zero_shot: Any, typical: NearestDishTypical) -> None:
+        self.zs, self.typical = zero_shot, typical
+
+    def __call__(self, query: str) -> list[str]:
+        from director.evaluate import ZERO_SHOT_PROMPT, dish_of_query, parse_steps
+
+        dish = self.typical.nearest(dish_of_query(query))
+        steps = self.typical(query)
+        shown = "\n".join(f"{i + 1}. {s}" for i, s in enumerate(steps))
+        content = f"Here are the steps to make {dish}:\n{shown}\n\n" + ZERO_SHOT_PROMPT.format(
+            query=query.strip().rstrip("?.").strip()
+        )
+        return parse_steps(self.zs.generate_from(content))

@@ -94,3 +94,21 @@ def test_training_can_leave_the_held_out_dishes_out() -> None:
     episodes = [Episode("how to make Kimchi", []), Episode("how to make toast", []),
                 Episode("how to make samosa", [])]  # fmt: skip
     assert [e.query for e in without_unseen(episodes)] == ["how to make toast"]
+
+
+def test_the_neighbour_prompt_shows_the_nearest_dishs_typical_recipe() -> None:
+    from director.backbone import BackboneConfig, load_backbone
+    from director.evaluate import ZeroShotBaseline
+    from director.unseen import NeighbourPromptBaseline
+
+    enc = SentenceEncoder()
+    seen = [_video("a1", "shepherd's pie", ["brown the lamb", "bake"]), _video("b1", "miso soup", ["add miso"])]
+    tiny = load_backbone(BackboneConfig(kind="tiny"))  # the real Llama class at toy size, random weights
+    zero_shot = ZeroShotBaseline(tiny.model, tiny.tokenizer, max_new_tokens=8)
+    prompts: list[str] = []
+    generate = zero_shot._generate
+    zero_shot._generate = lambda text: prompts.append(text) or generate(text)  # record what the model is shown
+    steps = NeighbourPromptBaseline(zero_shot, NearestDishTypical(NearestDish(seen, enc)))("how to make cottage pie")
+    assert isinstance(steps, list) and len(prompts) == 1
+    assert "Here are the steps to make shepherd's pie:\n1. brown the lamb\n2. bake" in prompts[0]
+    assert "List the steps to how to make cottage pie" in prompts[0]
