@@ -34,8 +34,13 @@ def queries(annotations: Path, labels: Path) -> list[str]:
     from director.evaluate import load_eval_videos, make_query
 
     dishes = sorted({v.dish for v in load_eval_videos(annotations, labels, "validation")})
-    free = [ln.strip() for ln in (ROOT / "director" / "eval" / "free_form_queries.txt").read_text().splitlines()]
-    return [make_query(d) for d in dishes] + [q for q in free if q and not q.startswith("#")]
+    return [make_query(d) for d in dishes] + free_form()
+
+
+def free_form() -> list[str]:
+    """The 20 free-form queries of director/eval/free_form_queries.txt."""
+    lines = [ln.strip() for ln in (ROOT / "director" / "eval" / "free_form_queries.txt").read_text().splitlines()]
+    return [q for q in lines if q and not q.startswith("#")]
 
 
 def word_checker():
@@ -82,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--annotations", type=Path, default=DATA / "youcookii_annotations_trainval.json")
     p.add_argument("--labels", type=Path, default=DATA / "label_foodtype.csv")
     p.add_argument("--limit", type=int, help="the first N queries only")
+    p.add_argument("--dishes", type=int, help="the first N dishes (alphabetical) and all the free-form queries")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     args = p.parse_args(argv)
 
@@ -92,6 +98,10 @@ def main(argv: list[str] | None = None) -> int:
     from director.plan import Planner
 
     qs = queries(args.annotations, args.labels)[: args.limit]
+    if args.dishes is not None:
+        dishes = [q for q in qs if q.startswith("how to make ")][: args.dishes]
+        free = queries(args.annotations, args.labels)[-len(free_form()) :]
+        qs = dishes + [q for q in free if q not in dishes]
     done: dict[str, list[dict]] = json.loads(args.out.read_text())["plans"] if args.out.is_file() else {}
     todo = [q for q in qs if q not in done]
     if todo:
