@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from anchors.config import AnchorsError
+from auteur.text import printable
 
 
 @dataclass
@@ -127,11 +128,12 @@ def _event(item: Any, where: str) -> Event:
         frames = item.get("frames")
     else:
         raise AnchorsError(f"{where} must be a string or an object with 'text'")
-    if not isinstance(text, str) or not text.strip():
+    text = " ".join(printable(text).split()) if isinstance(text, str) else ""  # no terminal control codes
+    if not text:
         raise AnchorsError(f"{where} has no text")
     if frames is not None and (not isinstance(frames, int) or isinstance(frames, bool) or frames < 1):
         raise AnchorsError(f"{where}: 'frames' must be a positive integer, got {frames!r}")
-    return Event(" ".join(text.split()), frames)
+    return Event(text, frames)
 
 
 def _text_field(data: dict, key: str, name: str) -> str:
@@ -140,7 +142,7 @@ def _text_field(data: dict, key: str, name: str) -> str:
         value = ", ".join(map(str, value))
     if not isinstance(value, str):
         raise AnchorsError(f"{name}: '{key}' must be a string")
-    return " ".join(value.split())
+    return " ".join(printable(value).split())
 
 
 def story_from_json(data: Any, name: str = "story") -> Story:

@@ -143,12 +143,14 @@ def _parser() -> ArgumentParser:
 
 def _generate(args) -> int:
     from anchors.captions import assign_frames, load_story
-    from anchors.generate import condition_images, generate, parse_condition, story_windows, write_plan
-    from anchors.model import build_anchors, frame_limits
+    from anchors.generate import condition_images, parse_condition, story_windows
+    from anchors.model import frame_limits
+    from auteur.io import check_writable_place, writer_lock
     from auteur.plan import check_plan_out
 
     # 1. everything the user gave is checked before a model is built or a file written
     check_plan_out(args.out)
+    check_writable_place(args.out)  # a busy or unwritable --out fails now; the lock is taken after the checks
     cfg = resolve_config(args.preset, args.overrides)
     story = load_story(args.story)
     if args.frames is not None:
@@ -170,8 +172,17 @@ def _generate(args) -> int:
             raise AnchorsError(f"--condition frame {max(frames)} is outside the story's frames 1..{n}")
         given = condition_images(cond_from, frames)
 
-    # 2. model, generation, plan
+    # 2. model, generation, plan (one writer per --out)
+    with writer_lock(args.out):
+        return _generate_held(args, cfg, story, n, given, cond_from)
+
+
+def _generate_held(args, cfg: AnchorsConfig, story, n: int, given: dict, cond_from) -> int:
+    """``anchors generate`` once its input is checked, with the --out writer lock held."""
     import torch
+
+    from anchors.generate import generate, write_plan
+    from anchors.model import build_anchors
 
     anchors = build_anchors(cfg.model, checkpoint=cfg.checkpoint)
     if torch.cuda.is_available():

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from anchors.captions import Story, multi_event_caption
 from anchors.config import AnchorsConfig, AnchorsError, GenerateConfig, ModelConfig
@@ -251,8 +251,11 @@ def condition_images(folder: Path, frames: list[int]) -> dict[int, Image.Image]:
         kf = plan.steps[k - 1].keyframe
         if not kf or not (folder / kf).is_file():
             raise AnchorsError(f"--condition: step {k} of {folder} has no keyframe image")
-        with Image.open(folder / kf) as im:
-            out[k] = im.convert("RGB")
+        try:
+            with Image.open(folder / kf) as im:
+                out[k] = im.convert("RGB")
+        except (UnidentifiedImageError, OSError) as e:
+            raise AnchorsError(f"--condition: step {k} of {folder}: cannot read its keyframe {kf}: {e}") from None
     return out
 
 

@@ -360,7 +360,7 @@ class AnchorsTask(training.TrainTask):
 def train(cfg: AnchorsConfig, stop_after: int | None = None, progress: bool = True) -> Path:
     """Train the story transformer as ``cfg`` says; returns the final checkpoint folder (``RUN/final``)."""
     # what the user gave is checked before anything is written
-    training.check_run_request(cfg.data, cfg.out, AnchorsError)
+    training.check_run_request(cfg.data, cfg.out, AnchorsError, cfg.train)
     if cfg.train.init_from:
         from anchors.model import check_checkpoint
 

@@ -107,9 +107,10 @@ def _show(args) -> int:
 def _embed(args) -> int:
     from PIL import Image, UnidentifiedImageError
 
-    from auteur.io import atomic_path, save_safetensors
+    from auteur.io import atomic_path, check_writable_place, save_safetensors
     from auteur.vision import VisionConfig, load_encoder
 
+    check_writable_place(args.out.parent)  # before any image is read or model loaded
     images = []
     for path in args.images:
         try:

@@ -96,6 +96,11 @@ def run_cli(body: Callable[[], int | None]) -> int:
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
+    except ValueError as e:
+        if not str(e).startswith("embedded null"):
+            raise
+        print("error: a path contains a NUL character (\\x00); no file can have that name", file=sys.stderr)
+        return 2
     except OSError as e:
         if e.errno not in _USER_OS_ERRORS:
             raise  # anything else is a bug worth its traceback

@@ -49,7 +49,15 @@ from typing import Any
 import numpy as np
 
 from auteur.errors import AuteurError, PlanError
-from auteur.io import atomic_dir, atomic_write_json, atomic_write_text, clean_stale_temporaries, ensure_writable_dir
+from auteur.io import (
+    atomic_dir,
+    atomic_write_json,
+    atomic_write_text,
+    check_writable_place,
+    clean_stale_temporaries,
+    ensure_writable_dir,
+    writer_lock,
+)
 from auteur.metrics import MetricError, MetricSkipped
 from auteur.metrics.clip_t import ClipConfig
 from auteur.metrics.detector import DetectorConfig
@@ -485,79 +493,81 @@ def compare(cfg: CompareConfig, prompts: str, systems: list[SystemSpec], out: st
 
         check_judge(cfg.judge, cfg.judge_dimensions)
         load_rubrics(cfg.judge_rubrics)
-    out = ensure_writable_dir(out)
-    save_config(cfg, out)
-    status_path = out / "status.json"
-    status: dict[str, Any] = json.loads(status_path.read_text()) if status_path.is_file() else {}
-    # 1. the prompt items, each as a JSON file a command can read through {story}
-    for it in items:
-        atomic_write_json(out / "prompts" / f"{it.id}.json", it.to_json())
-    # 2. run the systems (skip finished items; record failures and go on)
-    ran = reused = 0
-    for sys_ in systems:
-        sys_dir = out / "systems" / sys_.name
-        sys_dir.mkdir(parents=True, exist_ok=True)
-        clean_stale_temporaries(sys_dir)
-        for it in tqdm(items, desc=sys_.name, unit="prompt", disable=len(items) < 4):
-            key = f"{sys_.name}/{it.id}"
-            folder = sys_dir / it.id
-            if _plan_ok(folder) is not None and status.get(key, {}).get("spec", sys_.spec) == sys_.spec:
-                reused += 1
-                status.setdefault(key, {"status": "ok", "seconds": None, "spec": sys_.spec})
-                continue
-            t0 = time.perf_counter()
-            try:
-                with atomic_dir(folder) as tmp:
-                    log_text = _run_system(sys_, it, out / "prompts" / f"{it.id}.json", tmp, cfg.timeout_s)
-                    if _plan_ok(tmp) is None:
-                        try:
-                            load_plan(tmp)
-                            why = "no plan"
-                        except PlanError as e:
-                            why = str(e)
-                        raise SystemFailed(f"did not write a valid plan folder: {why}")
-                    if log_text:
-                        atomic_write_text(tmp / "system.log", log_text)
-                status[key] = {"status": "ok", "seconds": round(time.perf_counter() - t0, 3), "spec": sys_.spec}
-                ran += 1
-            except SystemFailed as e:
-                log.warning("%s failed on %s: %s", sys_.name, it.id, e)
-                status[key] = {"status": "failed", "error": str(e), "spec": sys_.spec,
-                               "seconds": round(time.perf_counter() - t0, 3)}  # fmt: skip
-            atomic_write_json(status_path, status)
-    # 3. metrics per item, then per system
-    ctx = MetricContext(cfg.metrics)
-    rows: list[dict[str, Any]] = []
-    frames_by_system: dict[str, list[Path]] = {}
-    clips_by_system: dict[str, list[Path]] = {}
-    for sys_ in systems:
-        frames_by_system[sys_.name], clips_by_system[sys_.name] = [], []
+    check_writable_place(out)  # a busy or unwritable --out fails before any system runs
+    with writer_lock(out):  # one comparison per --out at a time
+        out = ensure_writable_dir(out)
+        save_config(cfg, out)
+        status_path = out / "status.json"
+        status: dict[str, Any] = json.loads(status_path.read_text()) if status_path.is_file() else {}
+        # 1. the prompt items, each as a JSON file a command can read through {story}
         for it in items:
-            st = status.get(f"{sys_.name}/{it.id}", {})
-            folder = out / "systems" / sys_.name / it.id
-            row: dict[str, Any] = {"system": sys_.name, "item": it.id, "status": st.get("status", "missing"),
-                                   "seconds": st.get("seconds"), "error": st.get("error", "")}  # fmt: skip
-            plan = _plan_ok(folder) if row["status"] == "ok" else None
-            if plan is not None:
+            atomic_write_json(out / "prompts" / f"{it.id}.json", it.to_json())
+        # 2. run the systems (skip finished items; record failures and go on)
+        ran = reused = 0
+        for sys_ in systems:
+            sys_dir = out / "systems" / sys_.name
+            sys_dir.mkdir(parents=True, exist_ok=True)
+            clean_stale_temporaries(sys_dir)
+            for it in tqdm(items, desc=sys_.name, unit="prompt", disable=len(items) < 4):
+                key = f"{sys_.name}/{it.id}"
+                folder = sys_dir / it.id
+                if _plan_ok(folder) is not None and status.get(key, {}).get("spec", sys_.spec) == sys_.spec:
+                    reused += 1
+                    status.setdefault(key, {"status": "ok", "seconds": None, "spec": sys_.spec})
+                    continue
+                t0 = time.perf_counter()
                 try:
-                    row.update(item_metrics(plan, folder, it, ctx))
-                except (MetricError, AuteurError) as e:
-                    row["error"] = f"metrics: {e}"
-                frames_by_system[sys_.name] += keyframe_paths(plan, folder)
-                clips_by_system[sys_.name] += [
-                    folder / s.clip for s in plan.steps if s.clip and (folder / s.clip).is_file()
-                ]
-            rows.append(row)
-    set_level = set_metrics(frames_by_system, clips_by_system, ctx)
-    # 4. the judge (optional)
-    judge_records: list[dict[str, Any]] = []
-    if cfg.judge:
-        judge_records = run_judge(cfg, items, systems, out, ctx)
-    else:
-        ctx.skip("judge", "no judge given (--judge openai|local:PATH)")
-    result = CompareResult(out, rows, set_level, dict(ctx.skipped), dict(ctx.notes), judge_records, ran, reused)
-    write_reports(result, items, [s.name for s in systems])
-    return result
+                    with atomic_dir(folder) as tmp:
+                        log_text = _run_system(sys_, it, out / "prompts" / f"{it.id}.json", tmp, cfg.timeout_s)
+                        if _plan_ok(tmp) is None:
+                            try:
+                                load_plan(tmp)
+                                why = "no plan"
+                            except PlanError as e:
+                                why = str(e)
+                            raise SystemFailed(f"did not write a valid plan folder: {why}")
+                        if log_text:
+                            atomic_write_text(tmp / "system.log", log_text)
+                    status[key] = {"status": "ok", "seconds": round(time.perf_counter() - t0, 3), "spec": sys_.spec}
+                    ran += 1
+                except SystemFailed as e:
+                    log.warning("%s failed on %s: %s", sys_.name, it.id, e)
+                    status[key] = {"status": "failed", "error": str(e), "spec": sys_.spec,
+                                   "seconds": round(time.perf_counter() - t0, 3)}  # fmt: skip
+                atomic_write_json(status_path, status)
+        # 3. metrics per item, then per system
+        ctx = MetricContext(cfg.metrics)
+        rows: list[dict[str, Any]] = []
+        frames_by_system: dict[str, list[Path]] = {}
+        clips_by_system: dict[str, list[Path]] = {}
+        for sys_ in systems:
+            frames_by_system[sys_.name], clips_by_system[sys_.name] = [], []
+            for it in items:
+                st = status.get(f"{sys_.name}/{it.id}", {})
+                folder = out / "systems" / sys_.name / it.id
+                row: dict[str, Any] = {"system": sys_.name, "item": it.id, "status": st.get("status", "missing"),
+                                       "seconds": st.get("seconds"), "error": st.get("error", "")}  # fmt: skip
+                plan = _plan_ok(folder) if row["status"] == "ok" else None
+                if plan is not None:
+                    try:
+                        row.update(item_metrics(plan, folder, it, ctx))
+                    except (MetricError, AuteurError) as e:
+                        row["error"] = f"metrics: {e}"
+                    frames_by_system[sys_.name] += keyframe_paths(plan, folder)
+                    clips_by_system[sys_.name] += [
+                        folder / s.clip for s in plan.steps if s.clip and (folder / s.clip).is_file()
+                    ]
+                rows.append(row)
+        set_level = set_metrics(frames_by_system, clips_by_system, ctx)
+        # 4. the judge (optional)
+        judge_records: list[dict[str, Any]] = []
+        if cfg.judge:
+            judge_records = run_judge(cfg, items, systems, out, ctx)
+        else:
+            ctx.skip("judge", "no judge given (--judge openai|local:PATH)")
+        result = CompareResult(out, rows, set_level, dict(ctx.skipped), dict(ctx.notes), judge_records, ran, reused)
+        write_reports(result, items, [s.name for s in systems])
+        return result
 
 
 def run_judge(cfg: CompareConfig, items: list[PromptItem], systems: list[SystemSpec], out: Path,

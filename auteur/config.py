@@ -34,11 +34,19 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
+def _yaml(value: str, key: str) -> Any:
+    """A command-line value read as YAML (``[a, b]``, ``{k: v}``); ConfigError when it does not parse."""
+    try:
+        return yaml.safe_load(value)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config key '{key}': {value!r} is not valid YAML ({str(e).splitlines()[0]})") from None
+
+
 def _convert(value: Any, tp: Any, key: str) -> Any:
     """Check ``value`` against the annotation ``tp`` (converting command-line strings); raise ConfigError."""
     origin = get_origin(tp)
     if tp is Any:
-        return yaml.safe_load(value) if isinstance(value, _Raw) else value
+        return _yaml(value, key) if isinstance(value, _Raw) else value
     if origin in (Union, types.UnionType):
         args = get_args(tp)
         if isinstance(value, _Raw) and value.strip().lower() in {"null", "none", "~"} and type(None) in args:
@@ -69,16 +77,14 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
         if isinstance(value, tp):
             return value
         if isinstance(value, _Raw):
-            value = yaml.safe_load(value)
+            value = _yaml(value, key)
         if not isinstance(value, dict):
             raise ConfigError(f"config key '{key}': expected a mapping, got {type(value).__name__}")
         return from_dict(tp, value, prefix=key)
     if origin in (list, tuple):
         if isinstance(value, _Raw):
             # "a,b" on the command line is a list too (paths rarely parse as YAML lists)
-            value = (
-                yaml.safe_load(value) if value.lstrip().startswith("[") else [_Raw(v) for v in value.split(",") if v]
-            )
+            value = _yaml(value, key) if value.lstrip().startswith("[") else [_Raw(v) for v in value.split(",") if v]
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"config key '{key}': expected a list, got {type(value).__name__} {value!r}")
         args = get_args(tp)
@@ -87,7 +93,7 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
         return tuple(items) if origin is tuple else items
     if origin is dict:
         if isinstance(value, _Raw):
-            value = yaml.safe_load(value)
+            value = _yaml(value, key)
         if not isinstance(value, dict):
             raise ConfigError(f"config key '{key}': expected a mapping, got {type(value).__name__}")
         args = get_args(tp)
@@ -235,8 +241,8 @@ def read_preset(name_or_path: str | Path, preset_dir: str | Path) -> dict[str, A
             names = ", ".join(list_presets(preset_dir)) or "none"
             raise ConfigError(f"unknown preset '{text}': not a preset name ({names}) nor an existing .yaml file")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise ConfigError(f"preset {path} is not valid YAML: {str(e).splitlines()[0]}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"preset {path} must hold a mapping of config keys, not {type(data).__name__}")

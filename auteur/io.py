@@ -104,7 +104,9 @@ def writer_lock(path: str | os.PathLike, flag: str = "--out") -> Iterator[Path]:
         yield Path(path)
         return
     path = Path(path)
+    check_writable_place(path, flag)  # a file in the way, a read-only place: named plainly, nothing created
     lock = path.parent / f".{path.name}.lock"
+    made = [p for p in (path.parent, *path.parent.parents) if not p.exists()]  # deepest first
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         while True:
@@ -123,14 +125,67 @@ def writer_lock(path: str | os.PathLike, flag: str = "--out") -> Iterator[Path]:
             except FileNotFoundError:
                 pass
             os.close(fd)
-    except OSError as e:
-        raise AuteurError(f"{flag} {path}: cannot write there ({e.strerror or e})") from None
+    except BaseException as e:
+        _remove_empty(made)
+        if isinstance(e, OSError):
+            raise AuteurError(f"{flag} {path}: cannot write there ({e.strerror or e})") from None
+        raise
     try:
         yield path
     finally:
         with contextlib.suppress(OSError):
             os.unlink(lock)  # while still held: a writer that opened it before re-checks the inode and retries
         os.close(fd)
+        _remove_empty(made)  # the parents made for the lock, when the command wrote nothing in them
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove ``folders`` (deepest first) while they are empty."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            break
+
+
+def check_writable_place(path: str | os.PathLike, flag: str = "--out") -> Path:
+    """Raise AuteurError when the folder ``path`` could not be made or written, or another process holds its
+    :func:`writer_lock`: checked without creating anything, so a command can refuse before any model loads and
+    take the lock only once its other checks have passed. Returns ``path``."""
+    from auteur.errors import AuteurError
+
+    path = Path(path)
+    near = path
+    while not os.path.lexists(near) and near != near.parent:  # the nearest thing that exists on the way
+        near = near.parent
+    why = ""
+    if not near.is_dir():
+        why = f"{near} is not a folder"
+    elif os.statvfs(near).f_flag & os.ST_RDONLY:
+        why = os.strerror(errno.EROFS)
+    elif not os.access(near, os.W_OK | os.X_OK):
+        why = os.strerror(errno.EACCES)
+    if why:
+        raise AuteurError(f"{flag} {path}: cannot write there ({why})")
+    lock = path.parent / f".{path.name}.lock"
+    try:
+        fd = os.open(lock, os.O_RDONLY)
+    except OSError:
+        return path  # no lock file: nobody is writing
+    try:
+        import fcntl
+
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise AuteurError(
+            f"{flag} {path} is being written by another process right now; wait for it to finish or choose "
+            "another folder"
+        ) from None
+    except ImportError:  # pragma: no cover - not on POSIX
+        pass
+    finally:
+        os.close(fd)  # releases the probe's lock
+    return path
 
 
 def clean_stale_temporaries(folder: str | os.PathLike) -> int:

@@ -201,6 +201,8 @@ def _confined(folder: Path, relative: str | None, where: str) -> str | None:
     read ``/etc/passwd``."""
     if relative is None:
         return None
+    if "\x00" in relative:
+        raise PlanError(f"{where} {relative!r} holds a NUL character; no file can have that name")
     root = folder.resolve()
     target = (root / relative).resolve()
     if Path(relative).is_absolute() or (target != root and root not in target.parents):

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
-import json
 import logging
 import os
 import shlex
@@ -38,7 +37,8 @@ from typing import Any
 
 from auteur.bank import BANK_FILE, is_bank
 from auteur.errors import AuteurError
-from auteur.io import atomic_write_json, atomic_write_text, ensure_writable_dir, writer_lock
+from auteur.io import atomic_write_json, atomic_write_text, ensure_writable_dir, read_json_object, writer_lock
+from auteur.text import MAX_QUERY_CHARS, printable
 
 log = logging.getLogger(__name__)
 
@@ -190,13 +190,23 @@ def run(cfg: RunConfig, commands: StageCommands | None = None, quiet: bool = Fal
     """Run (or resume) the pipeline into ``cfg.out``; returns the run record (also written to run.json).
     ``quiet``: print nothing (the stages' output is kept only for a failing stage's one-line error)."""
     commands = commands or StageCommands()
-    if not cfg.query or not cfg.query.strip():
+    cfg.query = printable(cfg.query or "").strip()  # as the director reads it: no terminal control codes
+    if not cfg.query:
         raise RunError('the query is empty: give what to make, e.g. "how to cook a tuna sandwich"')
+    if len(cfg.query) > MAX_QUERY_CHARS:
+        raise RunError(
+            f"the query is {len(cfg.query)} characters long; a query names what to make in one sentence "
+            f"(at most {MAX_QUERY_CHARS} characters)"
+        )
+    if cfg.steps is not None and cfg.steps < 1:
+        raise RunError(f"--steps must be at least 1, got {cfg.steps}")
     if cfg.preset not in RUN_PRESETS:
         raise RunError(f"unknown run preset '{cfg.preset}' (known: {', '.join(RUN_PRESETS)})")
+    for stage in ("director", "renderer", "videogen"):
+        _check_stage_preset(stage, cfg.stage_preset(stage), getattr(commands, stage))
     old: dict[str, Any] = {}
     if (Path(cfg.out) / RUN_FILE).is_file():
-        old = json.loads((Path(cfg.out) / RUN_FILE).read_text())
+        old = read_json_object(Path(cfg.out) / RUN_FILE, RunError)
         if old.get("query") != cfg.query:
             raise RunError(f"{cfg.out} holds a run for another query ({old.get('query')!r}); use another --out")
     if cfg.bank is not None and cfg.stage_preset("renderer") != "default":
@@ -217,9 +227,22 @@ def run(cfg: RunConfig, commands: StageCommands | None = None, quiet: bool = Fal
                 f"--bank {cfg.bank} is not a frame bank (no {BANK_FILE}); build one with "
                 f"`cookgen bank CLIPS_DIR --out {cfg.bank}`"
             )
-    out = ensure_writable_dir(cfg.out)
-    with writer_lock(out):  # one `auteur run` per run folder at a time
+    with writer_lock(cfg.out):  # one `auteur run` per run folder at a time
+        out = ensure_writable_dir(cfg.out)
         return _run_stages(cfg, commands, quiet, old, out)
+
+
+def _check_stage_preset(stage: str, preset: str, argv: list[str]) -> None:
+    """RunError unless ``preset`` is one of the stage package's preset names or a path that exists (a YAML, a
+    checkpoint folder): checked before the run folder is made, without importing the stage's package (it is
+    found on the path, its ``presets/`` folder read). A stage run by another command checks its own."""
+    package = argv[2].split(".")[0] if len(argv) >= 3 and argv[1] == "-m" else None
+    spec = importlib.util.find_spec(package) if package else None
+    if Path(preset).exists() or spec is None or not spec.submodule_search_locations:
+        return
+    names = sorted(p.stem for p in Path(list(spec.submodule_search_locations)[0], "presets").glob("*.yaml"))
+    if names and preset not in names:
+        raise RunError(f"--{stage}-preset {preset}: not a {stage} preset ({', '.join(names)}) nor an existing file")
 
 
 def _run_stages(

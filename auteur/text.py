@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import unicodedata
 
+MAX_QUERY_CHARS = 1000  # a query is a sentence; a 100 KB one is a mistake (refused before any model loads)
+
 
 def printable(text: str) -> str:
     """``text`` without control characters (C0, DEL, C1: Unicode category Cc); a newline or tab inside one

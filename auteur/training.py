@@ -393,9 +393,13 @@ def append_csv_row(path: Path, values: list[Any]) -> None:
         csv.writer(f, lineterminator="\n").writerow(values)
 
 
-def check_run_request(data: list[str], out: str, error: type[Exception]) -> None:
-    """Raise ``error`` (the package's AuteurError) unless ``data`` names existing CookGen folders and ``out`` is
-    given: checked before anything is written."""
+def check_run_request(data: list[str], out: str, error: type[Exception], loop: Any = None) -> None:
+    """Raise ``error`` (the package's AuteurError) unless ``data`` names CookGen builds, ``out`` is given and can be
+    written (and no other run writes it), and the training ``loop`` (``train.*``) counts at least one step: checked
+    before anything is written or loaded."""
+    from auteur.builds import build_space
+    from auteur.io import check_writable_place
+
     if not data:
         raise error("no training data: give data=COOKGEN_DIR (a folder that `cookgen build` wrote)")
     if not out:
@@ -403,6 +407,10 @@ def check_run_request(data: list[str], out: str, error: type[Exception]) -> None
     for d in data:
         if not Path(d).is_dir():
             raise error(f"training data folder not found: {d}")
+        build_space(d)  # a CookGen build with a readable manifest
+    if loop is not None and (loop.grad_accum < 1 or loop.max_steps < 1):
+        raise error("train.grad_accum and train.max_steps must be at least 1")
+    check_writable_place(out)
 
 
 def model_folder_gaps(root: Path, parts: tuple[str, ...], weighted: tuple[str, ...]) -> list[str]:

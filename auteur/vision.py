@@ -295,13 +295,27 @@ def _open_clip():
     return open_clip
 
 
+def _model_json_path(model_json: str) -> Path:
+    """The file a ``model_json`` names: a config shipped in ``auteur/model_configs`` by its bare name, else a path."""
+    shipped = MODEL_CONFIGS / f"{model_json}.json"
+    return shipped if ("/" not in model_json and shipped.is_file()) else Path(model_json).expanduser().resolve()
+
+
+class _QuietOpenClip(logging.Filter):
+    """open_clip logs its model building (INFO, and a WARNING that random weights are random) on the root logger,
+    which cannot be quieted by name: its records below ERROR are dropped while an encoder is built, so a command's
+    stderr holds the command's own lines."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR or f"{os.sep}open_clip{os.sep}" not in record.pathname
+
+
 def _register_json(model_json: str) -> tuple[str, str]:
     """Register an open_clip model-config JSON; return (architecture name, sha256 of the file).
 
     ``model_json`` is a path, or the bare name of a config shipped in ``auteur/model_configs`` (``tiny_open_clip``).
     """
-    shipped = MODEL_CONFIGS / f"{model_json}.json"
-    path = shipped if ("/" not in model_json and shipped.is_file()) else Path(model_json).expanduser().resolve()
+    path = _model_json_path(model_json)
     if not path.is_file():
         raise VisionError(f"open_clip model config not found: {path}")
     try:
@@ -396,8 +410,11 @@ def _cache_key(cfg: VisionConfig) -> tuple:
             json_key = hashlib.sha256(Path(cfg.model_json).read_bytes()).hexdigest()
         return (cfg.backend, cfg.model_name, file_sha256(path), json_key, cfg.device)
     json_key = None
-    if cfg.model_json and Path(cfg.model_json).is_file():
-        json_key = (str(Path(cfg.model_json).resolve()), hashlib.sha256(Path(cfg.model_json).read_bytes()).hexdigest())
+    path = _model_json_path(cfg.model_json) if cfg.model_json else None
+    if path is not None and path.is_file():  # a shipped config by name too: a missing file never shares its key
+        json_key = (str(path), hashlib.sha256(path.read_bytes()).hexdigest())
+    elif path is not None:
+        return (cfg.backend, "missing")  # never cached: loading raises
     return (cfg.backend, cfg.model_name, json_key, cfg.seed, cfg.device)
 
 
@@ -423,9 +440,14 @@ def load_encoder(cfg: VisionConfig) -> VisualEncoder:
         entry = _MODELS.get(key)
         if entry is None:
             t0 = time.perf_counter()
-            entry = _LOADERS[cfg.backend](cfg)
+            quiet, root = _QuietOpenClip(), logging.getLogger()
+            root.addFilter(quiet)
+            try:
+                entry = _LOADERS[cfg.backend](cfg)
+            finally:
+                root.removeFilter(quiet)
             _MODELS[key] = entry
-            log.info("loaded visual encoder %s (dim %d) in %.1fs", entry[3], entry[4], time.perf_counter() - t0)
+            log.debug("loaded visual encoder %s (dim %d) in %.1fs", entry[3], entry[4], time.perf_counter() - t0)
     model, transform, features, name, dim = entry
     if cfg.normalize:
         name += "/l2"

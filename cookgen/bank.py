@@ -39,7 +39,14 @@ import torch
 from auteur.bank import BANK_FILE, BANK_FORMAT, EMB_FILE, TEXT_EMB_FILE, load_bank
 from auteur.config import from_dict, parse_overrides, read_preset, save_config
 from auteur.errors import AuteurError
-from auteur.io import atomic_path, atomic_write_json, clean_stale_temporaries, ensure_writable_dir, writer_lock
+from auteur.io import (
+    atomic_path,
+    atomic_write_json,
+    check_writable_place,
+    clean_stale_temporaries,
+    ensure_writable_dir,
+    writer_lock,
+)
 from auteur.plan import VisualSpace, read_space
 from auteur.vision import VisionConfig
 from cookgen.records import CookgenError
@@ -270,17 +277,8 @@ def build_bank(cfg: BankConfig, clips: str | Path, out: str | Path, progress: bo
     """
 
     _check(cfg)
-    with writer_lock(out):  # one `cookgen bank` per --out at a time
-        return _build_bank(cfg, Path(clips), Path(out), progress)
-
-
-def _build_bank(cfg: BankConfig, clips: Path, out: Path, progress: bool) -> Path:
-    from safetensors.torch import load_file
-    from tqdm.auto import tqdm
-
-    from auteur.io import save_safetensors
-    from auteur.vision import load_encoder
-
+    clips, out = Path(clips), Path(out)
+    # the input and the output place are checked before the lock is taken or the encoder loads
     if not clips.is_dir():
         raise CookgenError(f"clips folder not found: {clips}")
     paths = find_clips(clips, cfg.extensions)
@@ -288,13 +286,27 @@ def _build_bank(cfg: BankConfig, clips: Path, out: Path, progress: bool) -> Path
         raise CookgenError(f"no video clips ({', '.join(cfg.extensions)}) under {clips}")
     if out.exists() and not out.is_dir():
         raise CookgenError(f"--out {out} exists and is not a folder")
-    created = not out.exists()
-    encoder = load_encoder(cfg.vision)
+    old = None
     if out.is_dir() and (out / BANK_FILE).is_file():
         try:
             old = VisualSpace(**json.loads((out / BANK_FILE).read_text())["space"])
         except (ValueError, KeyError, TypeError):
             raise CookgenError(f"{out / BANK_FILE} is unreadable: remove it or use another --out") from None
+    check_writable_place(out)
+    with writer_lock(out):  # one `cookgen bank` per --out at a time
+        return _build_bank(cfg, clips, paths, out, old, progress)
+
+
+def _build_bank(cfg: BankConfig, clips: Path, paths: list[Path], out: Path, old, progress: bool) -> Path:
+    from safetensors.torch import load_file
+    from tqdm.auto import tqdm
+
+    from auteur.io import save_safetensors
+    from auteur.vision import load_encoder
+
+    created = not out.exists()
+    encoder = load_encoder(cfg.vision)
+    if old is not None:
         encoder.space.check_same(old, what=f"the encoder's embeddings (bank {out} holds)")
     out = ensure_writable_dir(out)
     work = out / "work"

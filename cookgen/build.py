@@ -495,6 +495,12 @@ def build(
     fails before any video is done leaves no ``out`` behind when it created it (a killed or failed build with
     finished videos keeps them: the next run resumes)."""
     out = Path(out)
+    opts = options or BuildOptions()
+    if source.bad and not opts.skip_bad:  # bad items the source met while reading: before --out is touched
+        raise source.bad[0]
+    if not source.records and not source.bad:
+        left = ", ".join(f"{k} {v}" for k, v in source.excluded.items())
+        raise CookgenError(f"the {source_name} source holds no videos to build{f' ({left} left out)' if left else ''}")
     created = not out.exists()
     with writer_lock(out):
         try:
@@ -526,9 +532,7 @@ def _build(
     report = BuildReport(source=source_name, inputs=inputs or {}, shard=f"{i_shard}/{n_shards}")
     report.excluded = dict(source.excluded)
 
-    # bad items the source met while reading
-    if source.bad and not opts.skip_bad:
-        raise source.bad[0]
+    # bad items the source met while reading (without --skip-bad, build() refused them already)
     bad_videos: Counter = Counter(b.reason for b in source.bad)
 
     records = [r for r in source.records if n_shards == 1 or shard_of(r.video_id, n_shards) == i_shard]

@@ -8,13 +8,19 @@ folder, so they stay valid) and sums the reports.
 
 from __future__ import annotations
 
-import json
 import shutil
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from auteur.io import atomic_dir, atomic_write_json, ensure_writable_dir
+from auteur.io import (
+    atomic_dir,
+    atomic_write_json,
+    check_writable_place,
+    ensure_writable_dir,
+    read_json_object,
+    writer_lock,
+)
 from cookgen.build import MANIFEST, REPORT, write_splits
 from cookgen.records import CookgenError
 from cookgen.stats import split_names
@@ -22,8 +28,8 @@ from cookgen.stats import split_names
 
 def _read(path: Path) -> dict[str, Any]:
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
+        return read_json_object(path, CookgenError)
+    except OSError as e:
         raise CookgenError(f"cannot read {path}: {e}") from None
 
 
@@ -54,7 +60,7 @@ def merge(shards: list[str | Path], out: str | Path) -> dict[str, Any]:
     shard_ids = [m.get("shard") for m in manifests]
     if len(set(shard_ids)) != len(shard_ids):
         raise CookgenError(f"the same shard appears twice among the inputs: {shard_ids}")
-    ensure_writable_dir(out)
+    check_writable_place(out)  # a busy or unwritable --out fails before the splits are read
 
     # splits: concatenate, refusing a video that two shards both hold
     rows_by_split: dict[str, list[dict[str, Any]]] = {}
@@ -69,7 +75,13 @@ def merge(shards: list[str | Path], out: str | Path) -> dict[str, Any]:
             rows_by_split.setdefault(split, []).append(ds)
     dim = first["embedding_space"]["dim"] if first.get("embedding_space") else None
     merged_rows = {k: concatenate_datasets(v).to_list() for k, v in rows_by_split.items()}
+    with writer_lock(out):  # one writer per --out
+        ensure_writable_dir(out)
+        return _write(shards, out, first, merged_rows, dim)
 
+
+def _write(shards: list[Path], out: Path, first: dict[str, Any], merged_rows: dict[str, list], dim) -> dict[str, Any]:
+    """Write the merged build (files, splits, report, manifest) into ``out``; returns the report."""
     # keyframes and clips
     for sub in ("keyframes", "clips"):
         if any((s / sub).is_dir() for s in shards):

@@ -124,6 +124,8 @@ def read_labels(path: str | Path | None) -> dict[str, str]:
                 out[row[0].strip()] = row[1].strip()
     except (UnicodeDecodeError, csv.Error) as e:
         raise CookgenError(f"labels file {path} is not a readable UTF-8 CSV: {e}") from None
+    if not out:
+        raise CookgenError(f"labels file {path} holds no 'recipe_type,name' rows")
     return out
 
 
@@ -292,6 +294,10 @@ def read_steps(root: str | Path, split: str | None = None, val_fraction: float =
     for folder in dish_dirs:
         vid = folder.relative_to(root).as_posix() if folder != root else folder.name
         actions = _read_step_yaml(folder / "actions.yaml")
+        if not actions:
+            where = folder / "actions.yaml"
+            result.bad.append(BadInput("malformed_annotation", f"dish {vid}: {where} holds no steps"))
+            continue
         captions = _read_step_yaml(folder / "captions.yaml") if (folder / "captions.yaml").exists() else {}
         files = {p.stem: p for p in sorted(folder.iterdir()) if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file()}
         segments, missing = [], []

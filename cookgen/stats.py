@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from auteur.io import read_json_object
 from cookgen.records import CookgenError
 
 SPLIT_ORDER = ("train", "val", "test")
@@ -20,6 +21,7 @@ def split_names(root: Path) -> list[str]:
     manifest = root / "cookgen.json"
     if not manifest.is_file():
         raise CookgenError(f"{root} is not a CookGen build: cookgen.json not found")
+    read_json_object(manifest, CookgenError)  # a manifest that is not a JSON object is no build either
     names = [p.name for p in root.iterdir() if p.is_dir() and (p / "dataset_info.json").exists()]
     return sorted(names, key=lambda n: (SPLIT_ORDER.index(n) if n in SPLIT_ORDER else 99, n))
 

@@ -33,11 +33,11 @@ from auteur.cliutil import (
     setup_logging,
 )
 from auteur.config import list_presets, load_config, save_config
+from auteur.text import MAX_QUERY_CHARS
 from auteur.training import is_main_process
 from director.config import PRESETS, DirectorConfig
 
 log = logging.getLogger(__name__)
-MAX_QUERY_CHARS = 1000  # a query is a sentence; a 100 KB one is a mistake (refused before any model loads)
 PACKAGE = Path(__file__).parent
 
 
@@ -299,7 +299,7 @@ def _plan(args) -> int:
 def _plan_held(args, held: contextlib.ExitStack) -> int:
     import torch
 
-    from auteur.io import atomic_dir, writer_lock
+    from auteur.io import atomic_dir, check_writable_place, writer_lock
     from auteur.plan import Plan, Step, VisualSpace, check_plan_out, load_plan, plan_to_json, save_plan
     from director.checkpoint import build_director
     from director.plan import Planner
@@ -337,15 +337,15 @@ def _plan_held(args, held: contextlib.ExitStack) -> int:
         raise UsageError("--image-caption goes with --image PATH")
     image = _read_image(args.image) if args.image is not None else None  # before any model loads
     out = check_plan_out(args.out or Path("runs") / "plans" / _slug(query))
-    held.enter_context(writer_lock(out))  # one writer per folder; an unwritable place fails before the model loads
-    replaces = (out / "plan.json").is_file()
     if args.preset is None:  # a continued plan keeps the director that wrote it
         args.preset = (old.provenance.get("preset") if args.cont is not None else None) or "default"
     cfg = resolve_config(args.preset, args.overrides)
     if args.temperature is not None:
-        if args.temperature < 0:
-            raise UsageError("--temperature must be >= 0")
         cfg.plan.temperature = args.temperature
+    if not cfg.plan.temperature >= 0:  # NaN too
+        raise UsageError(f"--temperature must be >= 0, got {cfg.plan.temperature}")
+    # a busy or unwritable place fails before the model loads; the lock itself is taken once every check passed
+    check_writable_place(out)
     if args.no_captions:
         cfg.plan.captions = False
     space = VisualSpace("unknown", 0)
@@ -376,6 +376,8 @@ def _plan_held(args, held: contextlib.ExitStack) -> int:
                 f"--steps {args.steps} cannot fit: the model's context ({planner.context_tokens()} tokens) holds at "
                 f"most {fit} steps of {planner.step_tokens_min()}+ tokens after this query"
             )
+    held.enter_context(writer_lock(out))  # one writer per folder
+    replaces = (out / "plan.json").is_file()
     streaming = not (args.json or args.quiet)
     printer = _StepPrinter(query) if streaming else None
     result = planner.plan(query, steps=args.steps, seed=args.seed, keep=keep, initial=initial, on_text=printer)

@@ -139,7 +139,9 @@ def load_eval_videos(
     videos: list[EvalVideo] = []
     empty = 0
     for vid, entry in data["database"].items():
-        if not isinstance(entry, dict) or entry.get("subset") != split:
+        if not isinstance(entry, dict):
+            raise EvalError(f"YouCook2 annotations {path}: video {vid} is not an object")
+        if entry.get("subset") != split:
             continue
         anns = entry.get("annotations")
         if not isinstance(anns, list):
@@ -153,9 +155,10 @@ def load_eval_videos(
         recipe = str(entry.get("recipe_type", "")).strip()
         dish = names.get(recipe, recipe)
         videos.append(EvalVideo(video_id=str(vid), dish=dish, query=make_query(dish), steps=steps))
-    if empty:
-        log.warning("%d %s video(s) without annotated steps left out", empty, split)
-    log.info("%d %s videos, %d steps", len(videos), split, sum(len(v.steps) for v in videos))
+    if videos:  # none: the caller's one-line error says so
+        if empty:
+            log.warning("%d %s video(s) without annotated steps left out", empty, split)
+        log.info("%d %s videos, %d steps", len(videos), split, sum(len(v.steps) for v in videos))
     return videos
 
 
@@ -547,7 +550,7 @@ def run_eval(cfg: Any, args: Any) -> str:
     Plans are greedy, so each distinct query (one per dish) is planned once; plans are cached in
     ``OUT/plans.jsonl`` so an interrupted evaluation resumes where it stopped.
     """
-    from auteur.io import atomic_write_json, atomic_write_text, ensure_writable_dir
+    from auteur.io import atomic_write_json, atomic_write_text, check_writable_place, ensure_writable_dir, writer_lock
     from auteur.plan import VisualSpace
     from director.backbone import load_backbone
     from director.checkpoint import build_director
@@ -560,6 +563,11 @@ def run_eval(cfg: Any, args: Any) -> str:
     with_director = not getattr(args, "skip_director", False)
     if not with_director and not args.baselines:
         raise EvalError("--skip-director leaves nothing to score without --baselines")
+    if args.limit is not None and args.limit < 1:
+        raise EvalError("--limit must be at least 1")
+    if with_director and cfg.checkpoint is None:
+        raise EvalError("the preset has no trained director checkpoint to evaluate")
+    check_writable_place(args.out)  # before anything is read, written or loaded
     if unseen:
         from director.unseen import check_not_trained_on, read_split, split_videos
 
@@ -567,60 +575,64 @@ def run_eval(cfg: Any, args: Any) -> str:
         videos, seen_train = split_videos(annotations, labels, held_out)
     else:
         videos = load_eval_videos(annotations, labels, args.split)
+    if not videos:
+        raise EvalError(f"no {'held-out' if unseen else args.split} videos with annotated steps in {annotations}")
     if args.limit is not None:
-        if args.limit < 1:
-            raise EvalError("--limit must be at least 1")
         videos = videos[: args.limit]
-    if with_director and cfg.checkpoint is None:
-        raise EvalError("the preset has no trained director checkpoint to evaluate")
     if with_director and unseen:
         check_not_trained_on(cfg.checkpoint, held_out)  # before anything is written or loaded
-    out = ensure_writable_dir(args.out)
-    cfg.plan.captions = False  # actions are what is scored; captions would only cost time
-    cfg.plan.temperature = 0.0
-    planners: dict[str, Callable[[str], list[str]]] = {}
-    base_model_id = None
-    if with_director:
-        director, backbone, meta = build_director(
-            cfg.backbone, cfg.model, VisualSpace("unset", 1), cfg.checkpoint, fold_lora=cfg.plan.merge_lora
+    with writer_lock(args.out):  # one evaluation per --out (plans.jsonl is appended to)
+        out = ensure_writable_dir(args.out)
+        cfg.plan.captions = False  # actions are what is scored; captions would only cost time
+        cfg.plan.temperature = 0.0
+        planners: dict[str, Callable[[str], list[str]]] = {}
+        base_model_id = None
+        if with_director:
+            director, backbone, meta = build_director(
+                cfg.backbone, cfg.model, VisualSpace("unset", 1), cfg.checkpoint, fold_lora=cfg.plan.merge_lora
+            )
+            base_model_id = backbone.model_id
+            planner = Planner(director, cfg.plan)
+            planners["director"] = lambda q: [s.action for s in planner.plan(q, seed=0).steps]
+        enc = SentenceEncoder()
+        if args.baselines:
+            base = load_backbone(cfg.backbone)
+            base_model_id = base.model_id
+            planners["zero-shot base model"] = ZeroShotBaseline(base.model, base.tokenizer)
+            if unseen:
+                from director.unseen import (
+                    NearestDish,
+                    NearestDishRetrieval,
+                    NearestDishTypical,
+                    NeighbourPromptBaseline,
+                )
+
+                nearest = NearestDish(seen_train, enc)
+                planners["nearest-dish retrieval (a training video)"] = NearestDishRetrieval(nearest)
+                typical = NearestDishTypical(nearest)
+                planners["nearest-dish typical recipe"] = typical
+                planners["zero-shot shown the nearest-dish typical recipe"] = NeighbourPromptBaseline(
+                    planners["zero-shot base model"], typical
+                )
+            else:
+                planners["retrieval (same-dish training video)"] = RetrievalBaseline(
+                    load_eval_videos(annotations, labels, "training")
+                )
+        results = evaluate(planners, videos, enc, cache_path=out / "plans.jsonl", dedupe_queries=True)
+        if unseen and args.baselines:
+            from director.unseen import calibration
+
+            results["real-video calibration (another video of the dish)"] = calibration(videos, enc)
+        table = format_table(results)
+        atomic_write_json(
+            out / "results.json",
+            {
+                "split": "unseen dishes (director/eval/unseen_dishes.json)" if unseen else args.split,
+                "videos": len(videos),
+                "results": results,
+                "checkpoint": str(cfg.checkpoint) if with_director else None,
+                "base_model": base_model_id,
+            },
         )
-        base_model_id = backbone.model_id
-        planner = Planner(director, cfg.plan)
-        planners["director"] = lambda q: [s.action for s in planner.plan(q, seed=0).steps]
-    enc = SentenceEncoder()
-    if args.baselines:
-        base = load_backbone(cfg.backbone)
-        base_model_id = base.model_id
-        planners["zero-shot base model"] = ZeroShotBaseline(base.model, base.tokenizer)
-        if unseen:
-            from director.unseen import NearestDish, NearestDishRetrieval, NearestDishTypical, NeighbourPromptBaseline
-
-            nearest = NearestDish(seen_train, enc)
-            planners["nearest-dish retrieval (a training video)"] = NearestDishRetrieval(nearest)
-            typical = NearestDishTypical(nearest)
-            planners["nearest-dish typical recipe"] = typical
-            planners["zero-shot shown the nearest-dish typical recipe"] = NeighbourPromptBaseline(
-                planners["zero-shot base model"], typical
-            )
-        else:
-            planners["retrieval (same-dish training video)"] = RetrievalBaseline(
-                load_eval_videos(annotations, labels, "training")
-            )
-    results = evaluate(planners, videos, enc, cache_path=out / "plans.jsonl", dedupe_queries=True)
-    if unseen and args.baselines:
-        from director.unseen import calibration
-
-        results["real-video calibration (another video of the dish)"] = calibration(videos, enc)
-    table = format_table(results)
-    atomic_write_json(
-        out / "results.json",
-        {
-            "split": "unseen dishes (director/eval/unseen_dishes.json)" if unseen else args.split,
-            "videos": len(videos),
-            "results": results,
-            "checkpoint": str(cfg.checkpoint) if with_director else None,
-            "base_model": base_model_id,
-        },
-    )
-    atomic_write_text(out / "results.md", table + "\n")
-    return table
+        atomic_write_text(out / "results.md", table + "\n")
+        return table

@@ -288,7 +288,7 @@ class DirectorTask(training.TrainTask):
 
 def train(cfg: DirectorConfig, stop_after: int | None = None, progress: bool = True) -> Path:
     """Train a director as ``cfg`` says; returns the final checkpoint folder (``RUN/final``)."""
-    training.check_run_request(cfg.data, cfg.out, DirectorError)
+    training.check_run_request(cfg.data, cfg.out, DirectorError, cfg.train)
     if cfg.train.init_from:
         read_meta(cfg.train.init_from)  # a bad init_from is one line before anything is written
     with training.run_dir(cfg.out) as run:

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from auteur.io import atomic_path, clean_stale_temporaries, ensure_writable_dir
+from auteur.io import atomic_path, check_writable_place, clean_stale_temporaries, ensure_writable_dir, writer_lock
 from auteur.plan import Plan, VisualSpace, load_plan, save_plan
 from renderer.canvas import fit_panel
 from renderer.config import RenderConfig
@@ -32,6 +32,7 @@ from renderer.errors import RendererError
 log = logging.getLogger(__name__)
 
 KEYFRAMES = "keyframes"
+MAX_SIDE = 4096  # a panel side; larger ones would not fit in memory (a canvas holds up to four panels)
 RETRIEVAL_LABEL = (
     "RETRIEVAL renderer: real frames retrieved from a frame bank, not generated (no FLUX weights offline)"
 )
@@ -121,52 +122,56 @@ def render_plan(
     check_context(cfg.context)
     if cfg.width < 1 or cfg.height < 1:
         raise RendererError(f"size must be positive, got {cfg.width}x{cfg.height}")
+    if cfg.width > MAX_SIDE or cfg.height > MAX_SIDE:
+        raise RendererError(f"size {cfg.width}x{cfg.height} is too large: at most {MAX_SIDE} a side")
     plan = load_plan(plan_dir)
     if plan.embeddings is None or plan.space is None:
         raise RendererError(f"{plan_dir} has no embeddings: the renderer needs the director's visual states")
+    check_writable_place(plan_dir, flag="plan folder")  # another writer of it fails before any model loads
     backend = _RetrievalBackend(cfg) if cfg.backend == "retrieval" else _FluxBackend(cfg)
     check_writable(plan_dir)
     backend.check(plan.space)
-    clean_stale_temporaries(plan_dir / KEYFRAMES)
+    with writer_lock(plan_dir, flag="plan folder"):  # one writer per plan folder (renderer, videogen, director)
+        clean_stale_temporaries(plan_dir / KEYFRAMES)
 
-    # 2. what to do: steps without a keyframe, or with one that another renderer made
-    provenance = backend.provenance(preset)
-    identity = renderer_identity(provenance)
-    todo, replaced, made_by = set(), [], []
-    for s in plan.steps:
-        if force or not _has_keyframe(plan_dir, s):
-            todo.add(s.index)
-        elif (old := s.meta["render"].get("renderer")) != identity:
-            todo.add(s.index)
-            replaced.append(s.index)
-            if describe_renderer(old) not in made_by:
-                made_by.append(describe_renderer(old))
-    rendered, skipped = [], [s.index for s in plan.steps if s.index not in todo]
-    log.info("keyframes: %s", kept_line(len(skipped), len(replaced), made_by))
-    if not todo:
-        return RenderResult(plan_dir, rendered, skipped)
-    plan.provenance["renderer"] = provenance
+        # 2. what to do: steps without a keyframe, or with one that another renderer made
+        provenance = backend.provenance(preset)
+        identity = renderer_identity(provenance)
+        todo, replaced, made_by = set(), [], []
+        for s in plan.steps:
+            if force or not _has_keyframe(plan_dir, s):
+                todo.add(s.index)
+            elif (old := s.meta["render"].get("renderer")) != identity:
+                todo.add(s.index)
+                replaced.append(s.index)
+                if describe_renderer(old) not in made_by:
+                    made_by.append(describe_renderer(old))
+        rendered, skipped = [], [s.index for s in plan.steps if s.index not in todo]
+        log.info("keyframes: %s", kept_line(len(skipped), len(replaced), made_by))
+        if not todo:
+            return RenderResult(plan_dir, rendered, skipped)
+        plan.provenance["renderer"] = provenance
 
-    # 3. the steps, in order; the rolling context is the last k keyframes before each step
-    bar = tqdm(total=len(todo), desc="render", unit="keyframe", disable=not progress)
-    for i, step in enumerate(plan.steps):
-        if step.index not in todo:
-            continue
-        ctx = [plan.steps[j] for j in range(max(0, i - cfg.context), i)]
-        image, record = backend.render(plan, plan_dir, i, ctx)
-        rel = f"{KEYFRAMES}/step-{step.index:03d}.png"
-        with atomic_path(plan_dir / rel, suffix=".png") as tmp:
-            image.save(tmp, format="PNG")
-        step.keyframe = rel
-        step.meta["render"] = {**record, "context_steps": [c.index for c in ctx], "renderer": identity}
-        save_plan(plan, plan_dir)
-        rendered.append(step.index)
-        bar.update()
-        if stop_after is not None and len(rendered) >= stop_after:
-            bar.close()
-            raise SimulatedKill(f"stopped after {len(rendered)} keyframes")
-    bar.close()
-    return RenderResult(plan_dir, rendered, skipped, replaced, made_by)
+        # 3. the steps, in order; the rolling context is the last k keyframes before each step
+        bar = tqdm(total=len(todo), desc="render", unit="keyframe", disable=not progress)
+        for i, step in enumerate(plan.steps):
+            if step.index not in todo:
+                continue
+            ctx = [plan.steps[j] for j in range(max(0, i - cfg.context), i)]
+            image, record = backend.render(plan, plan_dir, i, ctx)
+            rel = f"{KEYFRAMES}/step-{step.index:03d}.png"
+            with atomic_path(plan_dir / rel, suffix=".png") as tmp:
+                image.save(tmp, format="PNG")
+            step.keyframe = rel
+            step.meta["render"] = {**record, "context_steps": [c.index for c in ctx], "renderer": identity}
+            save_plan(plan, plan_dir)
+            rendered.append(step.index)
+            bar.update()
+            if stop_after is not None and len(rendered) >= stop_after:
+                bar.close()
+                raise SimulatedKill(f"stopped after {len(rendered)} keyframes")
+        bar.close()
+        return RenderResult(plan_dir, rendered, skipped, replaced, made_by)
 
 
 def _finite(x: float | None, digits: int = 6) -> float | None:

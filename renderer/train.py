@@ -387,8 +387,7 @@ def train(cfg: RenderConfig, stop_after: int | None = None, progress: bool = Tru
         raise RendererError(
             "renderer train needs a flux preset (tiny or paper); the retrieval renderer has no weights"
         )
-    if not cfg.out:
-        raise RendererError("no run folder: give out=RUN_DIR")
+    training.check_run_request(cfg.data, cfg.out, RendererError, cfg.train)
     if not 1 <= cfg.train.max_context <= 3:
         raise RendererError(f"train.max_context must be 1, 2 or 3, got {cfg.train.max_context}")
     check_size(config_size_multiple(cfg.flux), cfg.width, cfg.height)

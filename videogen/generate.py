@@ -14,6 +14,7 @@ whose keyframe, caption, embedding, preset or settings changed; clips of another
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -26,7 +27,7 @@ from tqdm.auto import tqdm
 
 from auteur.config import save_config, to_dict
 from auteur.errors import AuteurError
-from auteur.io import clean_stale_temporaries, ensure_writable_dir
+from auteur.io import check_writable_place, clean_stale_temporaries, ensure_writable_dir, writer_lock
 from auteur.plan import Plan, load_plan, save_plan
 from auteur.video import write_mp4
 from videogen.config import VideogenConfig
@@ -37,6 +38,7 @@ log = logging.getLogger(__name__)
 CLIPS_DIR = "clips"
 VIDEO_FILE = "video.mp4"
 VTT_FILE = "video.vtt"
+MAX_STEP_FRAMES = 14_400  # one step's clip: 10 minutes at 24 fps (more is a mistake, and would fill the disk)
 ANIMATIC_LABEL = "animatic: each keyframe held with a slow pan/zoom and crossfades; not a generated video"
 
 
@@ -104,6 +106,9 @@ def check_request(plan: Plan, cfg: VideogenConfig) -> None:
             raise VideogenError(f"animatic needs 0 <= zoom < 1, pan >= 0, crossfade_seconds >= 0 and "
                                 f"step_seconds > 0, got zoom={a.zoom} pan={a.pan} "
                                 f"crossfade_seconds={a.crossfade_seconds} step_seconds={a.step_seconds}")  # fmt: skip
+    n = cfg.frames if cfg.backend == "wan" else cfg.animatic.step_seconds * cfg.fps
+    if not n <= MAX_STEP_FRAMES:  # also NaN and infinity
+        raise VideogenError(f"{n:g} frames a step is too many: at most {MAX_STEP_FRAMES} (10 minutes at 24 fps)")
     missing = [s.index for s in plan.steps if not s.keyframe]
     if missing:
         raise VideogenError(
@@ -128,14 +133,20 @@ def _fingerprint(parts: dict[str, Any]) -> str:
 
 def generate(plan_dir: str | Path, cfg: VideogenConfig, preset: str = "", progress: bool = True) -> GenerateResult:
     """Make the clips and the long video of the plan in ``plan_dir`` (in place); see the module docstring."""
-    folder = Path(plan_dir)
+    with contextlib.ExitStack() as held:  # the plan folder's writer lock, released however generation ends
+        return _generate(Path(plan_dir), cfg, preset, progress, held)
+
+
+def _generate(folder: Path, cfg: VideogenConfig, preset: str, progress: bool, held: contextlib.ExitStack):
     plan = load_plan(folder)
     check_request(plan, cfg)
     keyframes = [_load_keyframe(folder, s.keyframe, s.index) for s in plan.steps]
     clips_dir = folder / CLIPS_DIR
+    check_writable_place(folder, flag="plan folder")
     ensure_writable_dir(folder)  # checked without creating anything: clips/ is made with the first clip
     if clips_dir.exists():
         ensure_writable_dir(clips_dir)
+    held.enter_context(writer_lock(folder, flag="plan folder"))  # one writer per plan folder (renderer, director)
 
     n_frames = frames_per_step(cfg)
     animatic = cfg.backend == "animatic"

@@ -438,9 +438,9 @@ def train(cfg: VideogenConfig, stop_after: int | None = None, progress: bool = T
     """
     if cfg.backend != "wan":
         raise VideogenError("videogen train fine-tunes the Wan model: use a wan preset (tiny, paper, ablation-*)")
-    training.check_run_request(cfg.data, cfg.out, VideogenError)
     check_frames(cfg.train.frames)
     check_text_tokens(cfg.wan.max_sequence_length, cfg.wan.image_dim)  # before a build is encoded at that length
+    training.check_run_request(cfg.data, cfg.out, VideogenError, cfg.train)
     samples, space = load_samples(cfg)  # data without clips fails here, before the run folder exists
     with training.run_dir(cfg.out) as run:  # removed again if the model then fails to load while it is empty
         task = VideogenTask(cfg, samples, space, run, progress=progress)

@@ -81,16 +81,32 @@ def test_run_reports_a_failing_stage_in_one_line(tmp_path, capsys, monkeypatch):
     cfg = RunConfig(
         query="how to make toast", out=tmp_path / "r2", director_preset="no-such-preset", renderer_preset="tiny"
     )
-    with pytest.raises(RunError, match=r"stage director failed \(exit 2\): unknown preset 'no-such-preset'"):
-        run(cfg)
+    with pytest.raises(RunError, match="--director-preset no-such-preset: not a director preset"):
+        run(cfg)  # a stage preset that names nothing is refused before the run folder is made
+    assert not (tmp_path / "r2").exists()
+    bad = tmp_path / "bad.yaml"  # a preset file the director stage itself refuses
+    bad.write_text("no_such_key: 1\n")
+    with pytest.raises(RunError, match=r"stage director failed \(exit 2\): unknown config key 'no_such_key'"):
+        run(
+            RunConfig(query="how to make toast", out=tmp_path / "r2", director_preset=str(bad), renderer_preset="tiny")
+        )
     assert not (tmp_path / "r2" / "plan").exists()
     # from the CLI: one line on stderr, naming the stage's own error and the file holding its whole output
     capsys.readouterr()
-    argv = ["run", "how to make toast", "--out", str(tmp_path / "r3"), "--director-preset", "nope", "--preset", "tiny"]
+    argv = [
+        "run",
+        "how to make toast",
+        "--out",
+        str(tmp_path / "r3"),
+        "--director-preset",
+        str(bad),
+        "--preset",
+        "tiny",
+    ]
     assert auteur(argv) == 2
     err = capsys.readouterr().err
     log_file = tmp_path / "r3" / "logs" / "director.log"
-    assert err.count("\n") == 1 and "unknown preset 'nope'" in err and f"(full log: {log_file})" in err, err
+    assert err.count("\n") == 1 and "unknown config key 'no_such_key'" in err and f"(full log: {log_file})" in err, err
     assert "# exit 2" in log_file.read_text()
 
 
