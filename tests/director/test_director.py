@@ -478,7 +478,8 @@ def test_cli_plan_writes_a_valid_plan_folder(tmp_path: Path, capsys) -> None:
         (["plan", "soup", "--preset", "tiny", "--from-step", "1"], "--continue"),
         (["plan", "soup", "--preset", "tiny", "plan.max_stepz=3"], "plan.max_stepz"),
         (["plan", "soup", "--preset", "tiny", "--out", "{mine}"], "is not a plan folder"),
-        (["plan", "soup " * 600, "--preset", "tiny"], "context"),
+        (["plan", "soup " * 600, "--preset", "tiny"], "characters long"),  # refused before any model loads
+        (["plan", "zq" * 490, "--preset", "tiny"], "context"),  # 980 characters, 980 tiny-tokenizer tokens
         (["train", "--config", "tiny"], "no training data"),
         (["train", "--config", "tiny", "data={missing}", "out={out}"], "not found"),
     ],
