@@ -1,10 +1,11 @@
 """The README is the front door: at most ~250 lines, and every block marked runnable runs as written.
 
-A block marked ``<!-- runnable ... -->`` runs in a fresh folder laid out as a checkout (``.venv`` and
-``../shared/data`` beside it) after the two commands, so its commands run exactly as a reader types them. Two
-things are made small, and only these: ``../shared/data/videoauteur_demos`` holds one dish of the real demo
-clips (BLT_Sandwich, 5 clips) instead of five, and plans are capped at 3 steps (``--steps 3`` added to
-``director plan`` and ``auteur run``), so the block's whole pipeline runs in about a minute.
+The blocks marked ``<!-- runnable ... -->`` run, in order and in one shell, in a fresh folder laid out
+as a checkout (``.venv`` and ``../shared/data`` beside it) after the two commands, so their commands run exactly
+as a reader types them into one terminal. Two things are made small, and only these:
+``../shared/data/videoauteur_demos`` holds one dish of the real demo clips (BLT_Sandwich, 5 clips) instead of
+five, and plans are capped at 3 steps (``--steps 3`` added to ``director plan`` and ``auteur run``), so the
+blocks' whole pipeline runs in about a minute.
 """
 
 from __future__ import annotations
@@ -60,11 +61,11 @@ def test_every_runnable_readme_block_runs_as_written(tmp_path: Path) -> None:
     (checkout / ".venv").symlink_to(ROOT / ".venv")
     dish = "Language_Centric/BLT_Sandwich"
     shutil.copytree(SHARED / "videoauteur_demos" / dish, shared / dish)
-    for block in runnable_blocks((ROOT / "README.md").read_text()):
-        script = small(block)
-        proc = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=checkout, capture_output=True,
-                              text=True, timeout=900)  # fmt: skip
-        assert proc.returncode == 0, f"{script}\n--- stdout\n{proc.stdout[-3000:]}\n--- stderr\n{proc.stderr[-3000:]}"
+    # One shell for all blocks, in order, as a reader types them into one terminal (the first activates the venv).
+    script = "\n".join(small(block) for block in runnable_blocks((ROOT / "README.md").read_text()))
+    proc = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=checkout, capture_output=True, text=True,
+                          timeout=1800)  # fmt: skip
+    assert proc.returncode == 0, f"{script}\n--- stdout\n{proc.stdout[-3000:]}\n--- stderr\n{proc.stderr[-3000:]}"
     runs = checkout / "runs"
     assert (runs / "tuna" / "plan" / "plan.json").is_file() and list((runs / "tuna" / "plan").glob("**/*.png"))
     assert (runs / "tuna2" / "plan" / "video.mp4").is_file() and (runs / "tuna2" / "storyboard.html").is_file()
