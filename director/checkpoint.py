@@ -32,6 +32,7 @@ from auteur.io import atomic_dir, atomic_write_json
 from auteur.plan import VisualSpace
 from director.backbone import Backbone, BackboneConfig, DirectorError, load_backbone
 from director.model import Director, ModelConfig, foldable
+from director.neighbours import NeighbourRecipes
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +104,8 @@ def write_checkpoint(
         write_block_fill(folder, block_fill)
     if train_queries is not None:
         atomic_write_json(folder / TRAIN_QUERIES, sorted(set(train_queries)))
+    if director.neighbours is not None:
+        director.neighbours.save(folder)
 
 
 def _sort_adapter_config(folder: Path) -> None:
@@ -277,5 +280,6 @@ def build_director(
     if checkpoint is not None:
         load_checkpoint_into(director, checkpoint, fold=fold)
         director.output_vocab = read_output_vocab(checkpoint)
+        director.neighbours = NeighbourRecipes.load(checkpoint)
     director.eval()
     return director, backbone, meta

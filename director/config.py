@@ -39,6 +39,9 @@ class DataConfig:
     # leave out every recipe of the held-out dishes of director/eval/unseen_dishes.json (all splits), so that
     # `director eval --unseen` can score the checkpoint (its train_queries.json then shows none of them)
     exclude_unseen: bool = False
+    # retrieval-augmented: after the query, the nearest *other* training dish's typical recipe
+    # (director/neighbours.py); the checkpoint keeps the recipes (neighbours.json), `director plan` shows the same line
+    neighbour_recipes: bool = False
 
 
 @dataclass

@@ -38,6 +38,12 @@ class Episode:
     source: str = ""
 
 
+def prompt_text(query: str, neighbours=None) -> str:
+    """The prompt a recipe starts with: ``Recipe: <query>``, then, for a retrieval-augmented director
+    (:mod:`director.neighbours`), the nearest other dish's recipe line. Training and planning tokenize it alike."""
+    return PROMPT.format(query=query) + (neighbours.line(query) if neighbours is not None else "")
+
+
 def dish_query(dish: str) -> str:
     return f"how to make {dish.strip()}"
 
@@ -78,8 +84,12 @@ def load_caption_lines(path: str | Path) -> list[str]:
 class SequenceBuilder:
     """Turns episodes into token ids, labels and visual targets, in the director's plan format."""
 
-    def __init__(self, tokenizer, image_block: list[int], order: str = "action_caption", max_tokens: int = 1024):
+    def __init__(
+        self, tokenizer, image_block: list[int], order: str = "action_caption", max_tokens: int = 1024,
+        neighbours=None,
+    ):  # fmt: skip
         self.tok, self.block, self.order, self.max_tokens = tokenizer, image_block, order, max_tokens
+        self.neighbours = neighbours  # director.neighbours.NeighbourRecipes: its line follows the query
         self._cache: dict[str, list[int]] = {}
 
     def ids(self, text: str) -> list[int]:
@@ -114,7 +124,7 @@ class SequenceBuilder:
         the planner writes after every step, its ``<|vis|>`` slots filled with ``fill`` and no visual loss
         (``supervised`` is False for it). So text-only recipes train in the format the planner reads back.
         ``initial`` (caption, z): the initial image-text pair after the prompt, given (no loss on it)."""
-        ids: list[int] = list(self.ids(PROMPT.format(query=ep.query)))
+        ids: list[int] = list(self.ids(prompt_text(ep.query, self.neighbours)))
         targets = []
         supervised = []
         if initial is not None:

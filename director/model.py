@@ -227,6 +227,9 @@ class Director(nn.Module):
         self.lora_merged = False
         # token ids of the training labels (a checkpoint's output_vocab.json; None: unknown)
         self.output_vocab: list[int] | None = None
+        # a retrieval-augmented checkpoint's recipes (neighbours.json; director.neighbours.NeighbourRecipes): the
+        # nearest other dish's recipe line follows the query in the prompt; None: the plain prompt
+        self.neighbours = None
         hidden = self.embedding_layer().weight.shape[1]
         self.hidden = hidden
         ids = tokenizer.convert_tokens_to_ids

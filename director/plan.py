@@ -26,7 +26,7 @@ from transformers import RepetitionPenaltyLogitsProcessor
 
 from director.backbone import DirectorError
 from director.config import PlanConfig
-from director.data import INITIAL, PROMPT
+from director.data import INITIAL, prompt_text
 from director.model import Director, output_cache
 from director.words import WordCheck
 
@@ -368,14 +368,15 @@ class Planner:
         emit = on_text or (lambda kind, k, text: None)
         order = self.d.cfg.order
         gen = torch.Generator(device=self.device).manual_seed(seed)  # torch.multinomial samples on the logits' device
-        given = [PROMPT.format(query=query)] + [" " + t.strip() for a, c, _ in keep or [] for t in (a, c)]
+        prompt = prompt_text(query, self.d.neighbours)  # + the nearest other dish's recipe, when retrieval-augmented
+        given = [prompt] + [" " + t.strip() for a, c, _ in keep or [] for t in (a, c)]
         head = self._output_head(given)
         self.words = WordCheck(given) if self.cfg.word_check else None
         f = _Feeder(self.d, use_cache, head)
         stats = {"decode_seconds": 0.0, "decode_tokens": 0, "prefill_seconds": 0.0}
         stats["output_rows"] = len(head.index) if head is not None else len(self.tok)
         t0 = time.perf_counter()
-        logits, _ = f.feed(self._ids(PROMPT.format(query=query)))
+        logits, _ = f.feed(self._ids(prompt))
         if initial is not None:
             caption = self._ids(" " + initial[0].strip()) if initial[0].strip() else []
             f.feed(self._ids(INITIAL) + caption + self.newline)  # the pieces training tokenizes apart

@@ -55,6 +55,7 @@ from director.data import (
     mean_embedding,
     windows,
 )
+from director.neighbours import NeighbourRecipes
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +174,8 @@ def validate_checkpoint(cfg: DirectorConfig, split: str | None = None) -> dict[s
     if meta and "space" in meta:
         VisualSpace(meta["space"]["name"], int(meta["space"]["dim"])).check_same(space, "the data's visual states")
     director.eval()
-    builder = SequenceBuilder(backbone.tokenizer, director.image_block_ids(), cfg.model.order, cfg.dataset.max_tokens)
+    builder = SequenceBuilder(backbone.tokenizer, director.image_block_ids(), cfg.model.order, cfg.dataset.max_tokens,
+                              director.neighbours)  # fmt: skip
     split = split or cfg.dataset.val_split
     # the fill the checkpoint was trained with, when it recorded one (the data may hold no training split)
     stored = read_block_fill(cfg.checkpoint, space.dim) if cfg.dataset.fill_blocks else None
@@ -219,9 +221,10 @@ class DirectorTask(training.TrainTask):
             check_growable(from_dict(ModelConfig, init["model"]), cfg.model, cfg.train.init_from)
             load_checkpoint_into(director, cfg.train.init_from, partial_adapter=True)
         self.model_id = backbone.model_id
-        builder = SequenceBuilder(
-            backbone.tokenizer, director.image_block_ids(), cfg.model.order, cfg.dataset.max_tokens
-        )
+        if cfg.dataset.neighbour_recipes:  # the training dishes' typical recipes, saved with every checkpoint
+            director.neighbours = NeighbourRecipes.from_episodes(_episodes(cfg, self.space, cfg.dataset.train_split))
+        builder = SequenceBuilder(backbone.tokenizer, director.image_block_ids(), cfg.model.order,
+                                  cfg.dataset.max_tokens, director.neighbours)  # fmt: skip
         self.fill = block_fill(cfg, self.space)
         self.train_queries = training_queries(cfg, self.space)
         self.samples = training_samples(cfg, builder, self.space, self.fill)
