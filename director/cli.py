@@ -174,6 +174,12 @@ def _parser() -> ArgumentParser:
         "split; the checkpoint must not have been trained on them; --baselines adds nearest-dish retrieval, "
         "nearest-dish typical recipe and a real-video calibration row",
     )
+    ev.add_argument(
+        "--seen-only",
+        action="store_true",
+        help="score only the --split videos of the dishes outside the held-out split (the seen-dish figure of a "
+        "checkpoint trained with dataset.exclude_unseen=true)",
+    )
     ev.add_argument("--skip-director", action="store_true", help="score the baselines only (with --baselines)")
     ev.add_argument(
         "--out",

@@ -568,6 +568,9 @@ def run_eval(cfg: Any, args: Any) -> str:
     if with_director and cfg.checkpoint is None:
         raise EvalError("the preset has no trained director checkpoint to evaluate")
     check_writable_place(args.out)  # before anything is read, written or loaded
+    seen_only = getattr(args, "seen_only", False)
+    if unseen and seen_only:
+        raise EvalError("--unseen and --seen-only exclude each other: the held-out dishes, or the others")
     if unseen:
         from director.unseen import check_not_trained_on, read_split, split_videos
 
@@ -575,6 +578,11 @@ def run_eval(cfg: Any, args: Any) -> str:
         videos, seen_train = split_videos(annotations, labels, held_out)
     else:
         videos = load_eval_videos(annotations, labels, args.split)
+        if seen_only:
+            from director.unseen import read_split
+
+            held = set(read_split().names)
+            videos = [v for v in videos if v.dish not in held]
     if not videos:
         raise EvalError(f"no {'held-out' if unseen else args.split} videos with annotated steps in {annotations}")
     if args.limit is not None:
@@ -627,7 +635,9 @@ def run_eval(cfg: Any, args: Any) -> str:
         atomic_write_json(
             out / "results.json",
             {
-                "split": "unseen dishes (director/eval/unseen_dishes.json)" if unseen else args.split,
+                "split": "unseen dishes (director/eval/unseen_dishes.json)"
+                if unseen
+                else args.split + (" (seen dishes only)" if seen_only else ""),
                 "videos": len(videos),
                 "results": results,
                 "checkpoint": str(cfg.checkpoint) if with_director else None,

@@ -112,3 +112,19 @@ def test_the_neighbour_prompt_shows_the_nearest_dishs_typical_recipe() -> None:
     assert isinstance(steps, list) and len(prompts) == 1
     assert "Here are the steps to make shepherd's pie:\n1. brown the lamb\n2. bake" in prompts[0]
     assert "List the steps to how to make cottage pie" in prompts[0]
+
+
+def test_seen_only_scores_the_dishes_outside_the_held_out_split(youcook2_annotations: Path, tmp_path: Path) -> None:
+    import json
+
+    from director.cli import main
+
+    out = tmp_path / "ev"
+    argv = ["eval", "--preset", "tiny", "--annotations", str(youcook2_annotations), "--skip-director", "--baselines",
+            "--out", str(out)]  # fmt: skip
+    assert main(argv + ["--seen-only", "--unseen"]) == 2 and not out.exists()
+    assert main(argv + ["--seen-only", "--limit", "20"]) == 0
+    held = {q.lower() for q in read_split().queries()}
+    queries = {json.loads(line)["query"].lower() for line in (out / "plans.jsonl").read_text().splitlines()}
+    assert len(queries) >= 2 and not queries & held
+    assert json.loads((out / "results.json").read_text())["split"] == "validation (seen dishes only)"
