@@ -17,10 +17,20 @@
 # predates director train writing the file: scripts/output_vocab.py wrote it, once per stage 1-4 with the
 # overrides below. Likewise the shipped block_fill.safetensors, which training now writes itself, was added to the
 # stage-7 checkpoint afterwards with director.train.block_fill on the stage-7 config: the same mean embedding.)
-# Usage: bash scripts/train_default_director.sh [SHARED_DATA_DIR]
+# Usage: bash scripts/train_default_director.sh [SHARED_DATA_DIR] [all|unseen]
+#   all (default): the shipped checkpoint, trained on every dish
+#   unseen: the same seven stages without the 18 held-out dishes (dataset.exclude_unseen=true) into
+#   runs/director-unseen-s7/final, for `director eval --unseen` / `--seen-only` (the default's own end thresholds;
+#   nothing is calibrated or shipped)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SHARED=${1:-../shared/data}
+SPLIT=${2:-all}
+case $SPLIT in
+    all) R=runs/director-default EX="dataset.exclude_unseen=false" ;;
+    unseen) R=runs/director-unseen EX="dataset.exclude_unseen=true" ;;
+    *) echo "error: the second argument must be all or unseen, not '$SPLIT'" >&2; exit 2 ;;
+esac
 BIN=.venv/bin
 DEMOS=$SHARED/videoauteur_demos
 
@@ -34,8 +44,8 @@ chmod -R u+w runs/demos-src
 $BIN/cookgen build steps --root runs/demos-src/train --out runs/cookgen-demos --split train --no-progress clips.cut=false
 $BIN/cookgen build steps --root runs/demos-src/val --out runs/cookgen-demos-val --split val --no-progress clips.cut=false
 
-$BIN/director train --config default \
-    data=runs/cookgen-youcook2,runs/cookgen-demos,runs/cookgen-demos-val out=runs/director-default \
+$BIN/director train --config default "$EX" \
+    data=runs/cookgen-youcook2,runs/cookgen-demos,runs/cookgen-demos-val out=$R \
     dataset.captions_csv="$DEMOS/captions.csv" dataset.caption_lines=400 dataset.visual_repeat=20 dataset.fill_blocks=false \
     train.max_steps=400 train.eval_every=100 train.save_every=50 seed=0
 
@@ -43,52 +53,56 @@ WHOLE="dataset.captions_csv=$DEMOS/captions.csv dataset.caption_lines=100 datase
     dataset.fill_blocks=false dataset.context_steps=16 dataset.stride=16 dataset.group_by_length=true
     train.max_steps=510 train.batch_size=8 train.warmup_steps=10 train.eval_every=170 train.save_every=30"
 # shellcheck disable=SC2086
-$BIN/director train --config default \
-    data=runs/cookgen-youcook2,runs/cookgen-demos,runs/cookgen-demos-val out=runs/director-default-s2 \
-    $WHOLE train.init_from=runs/director-default/final train.lr=0.0003 seed=1
+$BIN/director train --config default "$EX" \
+    data=runs/cookgen-youcook2,runs/cookgen-demos,runs/cookgen-demos-val out=$R-s2 \
+    $WHOLE train.init_from=$R/final train.lr=0.0003 seed=1
 # shellcheck disable=SC2086
-$BIN/director train --config default \
-    data=runs/cookgen-youcook2,runs/cookgen-demos,runs/cookgen-demos-val out=runs/director-default-s3 \
-    $WHOLE train.init_from=runs/director-default-s2/final train.lr=0.0006 seed=2
+$BIN/director train --config default "$EX" \
+    data=runs/cookgen-youcook2,runs/cookgen-demos,runs/cookgen-demos-val out=$R-s3 \
+    $WHOLE train.init_from=$R-s2/final train.lr=0.0006 seed=2
 
 # shellcheck disable=SC2086
-$BIN/director train --config default \
-    data=runs/cookgen-youcook2,runs/cookgen-demos,runs/cookgen-demos-val out=runs/director-default-s4 \
+$BIN/director train --config default "$EX" \
+    data=runs/cookgen-youcook2,runs/cookgen-demos,runs/cookgen-demos-val out=$R-s4 \
     $WHOLE "model.lora.target_modules=[q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj]" \
-    train.init_from=runs/director-default-s3/final train.lr=0.0008 seed=3
+    train.init_from=$R-s3/final train.lr=0.0008 seed=3
 
 # 5. each dish's most typical training recipe (the ROUGE-L medoid of its training videos; the validation split is
 #    never read to choose), ~6 epochs of them with the demo clips and 100 caption lines
 $BIN/python scripts/build_typical_recipes.py runs/cookgen-youcook2 runs/cookgen-youcook2-typical
 # shellcheck disable=SC2086
-$BIN/director train --config default \
-    data=runs/cookgen-youcook2-typical,runs/cookgen-demos,runs/cookgen-demos-val out=runs/director-default-s5 \
+$BIN/director train --config default "$EX" \
+    data=runs/cookgen-youcook2-typical,runs/cookgen-demos,runs/cookgen-demos-val out=$R-s5 \
     $WHOLE "model.lora.target_modules=[q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj]" \
     train.max_steps=160 train.eval_every=80 train.save_every=40 \
-    train.init_from=runs/director-default-s4/final train.lr=0.0005 seed=4
+    train.init_from=$R-s4/final train.lr=0.0005 seed=4
 # 6. more epochs on the same
 # shellcheck disable=SC2086
-$BIN/director train --config default \
-    data=runs/cookgen-youcook2-typical,runs/cookgen-demos,runs/cookgen-demos-val out=runs/director-default-s6 \
+$BIN/director train --config default "$EX" \
+    data=runs/cookgen-youcook2-typical,runs/cookgen-demos,runs/cookgen-demos-val out=$R-s6 \
     $WHOLE "model.lora.target_modules=[q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj]" \
     train.max_steps=240 train.eval_every=120 train.save_every=40 \
-    train.init_from=runs/director-default-s5/final train.lr=0.0006 seed=5
+    train.init_from=$R-s5/final train.lr=0.0006 seed=5
 # 7. the same data in the planner's own format: every text-only step followed by its (filled) image block
 # shellcheck disable=SC2086
-$BIN/director train --config default \
-    data=runs/cookgen-youcook2-typical,runs/cookgen-demos,runs/cookgen-demos-val out=runs/director-default-s7 \
+$BIN/director train --config default "$EX" \
+    data=runs/cookgen-youcook2-typical,runs/cookgen-demos,runs/cookgen-demos-val out=$R-s7 \
     $WHOLE dataset.fill_blocks=true \
     "model.lora.target_modules=[q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj]" \
     train.max_steps=160 train.eval_every=80 train.save_every=40 \
-    train.init_from=runs/director-default-s6/final train.lr=0.0006 seed=6
+    train.init_from=$R-s6/final train.lr=0.0006 seed=6
 
+if [ "$SPLIT" = unseen ]; then
+    echo "trained: $R-s7/final (score it: director eval --preset $R-s7/final --unseen|--seen-only --annotations ...)"
+    exit 0
+fi
 # the end rules, chosen on the YouCook2 training videos (put them in the preset): plans without captions by
 # semantic similarity on every training dish, plans with captions by length on 16 dishes
-$BIN/python scripts/calibrate_end_threshold.py --preset runs/director-default-s7/final --dishes 0 --no-captions \
+$BIN/python scripts/calibrate_end_threshold.py --preset $R-s7/final --dishes 0 --no-captions \
     --objective semantic plan.repetition_penalty=1.0 | tail -1
-$BIN/python scripts/calibrate_end_threshold.py --preset runs/director-default-s7/final --dishes 16 \
+$BIN/python scripts/calibrate_end_threshold.py --preset $R-s7/final --dishes 16 \
     plan.repetition_penalty=1.0 | tail -1
 
 rm -rf director/checkpoints/default && mkdir -p director/checkpoints
-cp -r runs/director-default-s7/final director/checkpoints/default
+cp -r $R-s7/final director/checkpoints/default
 echo "shipped: director/checkpoints/default"
