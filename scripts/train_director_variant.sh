@@ -1,16 +1,21 @@
 #!/usr/bin/env bash
 # One director variant of the unseen-dish study (issue 19; docs/director.md "Dishes it never saw"), trained from the
 # base model by one short schedule that is the same for every variant (chosen before any variant was scored):
-#   1. 180 steps x batch 8 (4 x 2 accumulated) on whole YouCook2 training recipes (+ demo clips, 100 caption lines), LoRA r=8 on all
-#      seven projections, lr 6e-4 (about 1.3 epochs)
+#   1. 180 steps x batch 8 (4 x 2 accumulated) on whole YouCook2 training recipes (+ demo clips, 100 caption
+#      lines), LoRA r=8 on all seven projections, lr 6e-4 (about 1.3 epochs)
 #   2. 100 steps x batch 8 (4 x 2) on each dish's typical training recipe (+ the same), image blocks filled, lr 6e-4
 # Usage: bash scripts/train_director_variant.sh VARIANT SPLIT OUT [SHARED_DATA_DIR]
 #   VARIANT  plain | neighbours   (neighbours: retrieval-augmented prompts, dataset.neighbour_recipes=true)
 #   SPLIT    unseen | all         (unseen: without the 18 held-out dishes, dataset.exclude_unseen=true)
-# Two variants fit side by side in 24 GiB at 4 x 2 (8-sample micro-batches of 16-step windows do not).
+# Train one variant at a time: a micro-batch of 4 sixteen-step windows peaks at ~14 GB (full-vocabulary fp32
+# logits), and two variants side by side were OOM-killed in 24 GiB. A killed run resumes (resume=auto) when rerun.
 # Expects the builds that scripts/train_default_director.sh makes first (runs/cookgen-youcook2, -typical, -demos).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if [ $# -lt 3 ] || [ $# -gt 4 ]; then
+    echo "error: usage: bash scripts/train_director_variant.sh plain|neighbours unseen|all OUT [SHARED_DATA_DIR]" >&2
+    exit 2
+fi
 VARIANT=$1 SPLIT=$2 OUT=$3 SHARED=${4:-../shared/data}
 BIN=.venv/bin
 DEMOS=$SHARED/videoauteur_demos
