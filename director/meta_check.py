@@ -176,7 +176,7 @@ def check_loss(director: Director, report: Report, backward: bool = True, batch:
     director.train()
     with (
         mask_values_unknown(),
-        input_check(lm, lm_inputs),
+        input_check(lm.get_decoder(), lm_inputs),  # the loss runs the decoder, then the LM head at the labels only
         input_check(director.head, head_input),
         output_check(director.head, head_output),
         output_check(director.projector, projector_output),

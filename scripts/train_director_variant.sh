@@ -5,7 +5,9 @@
 #      lines), LoRA r=8 on all seven projections, lr 6e-4 (about 1.3 epochs)
 #   2. 100 steps x batch 8 (4 x 2) on each dish's typical training recipe (+ the same), image blocks filled, lr 6e-4
 # Usage: bash scripts/train_director_variant.sh VARIANT SPLIT OUT [SHARED_DATA_DIR]
-#   VARIANT  plain | neighbours   (neighbours: retrieval-augmented prompts, dataset.neighbour_recipes=true)
+#   VARIANT  plain | neighbours | plain-long
+#            neighbours: retrieval-augmented prompts (dataset.neighbour_recipes=true)
+#            plain-long: plain with 300 steps on the typical recipes in stage 2 instead of 100 (3x the epochs there)
 #   SPLIT    unseen | all         (unseen: without the 18 held-out dishes, dataset.exclude_unseen=true)
 # Train one variant at a time: a micro-batch of 4 sixteen-step windows peaks at ~14 GB (full-vocabulary fp32
 # logits), and two variants side by side were OOM-killed in 24 GiB. A killed run resumes (resume=auto) when rerun.
@@ -13,13 +15,19 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ $# -lt 3 ] || [ $# -gt 4 ]; then
-    echo "error: usage: bash scripts/train_director_variant.sh plain|neighbours unseen|all OUT [SHARED_DATA_DIR]" >&2
+    echo "error: usage: bash scripts/train_director_variant.sh plain|neighbours|plain-long unseen|all OUT [SHARED_DATA_DIR]" >&2
     exit 2
 fi
 VARIANT=$1 SPLIT=$2 OUT=$3 SHARED=${4:-../shared/data}
 BIN=.venv/bin
 DEMOS=$SHARED/videoauteur_demos
-case $VARIANT in plain) RA=false ;; neighbours) RA=true ;; *) echo "error: VARIANT must be plain or neighbours" >&2; exit 2 ;; esac
+TYPICAL=100
+case $VARIANT in
+    plain) RA=false ;;
+    neighbours) RA=true ;;
+    plain-long) RA=false TYPICAL=300 ;;
+    *) echo "error: VARIANT must be plain, neighbours or plain-long" >&2; exit 2 ;;
+esac
 case $SPLIT in unseen) EX=true ;; all) EX=false ;; *) echo "error: SPLIT must be unseen or all" >&2; exit 2 ;; esac
 for d in runs/cookgen-youcook2 runs/cookgen-youcook2-typical runs/cookgen-demos runs/cookgen-demos-val; do
     [ -d "$d" ] || { echo "error: $d is missing: run the build commands at the top of scripts/train_default_director.sh" >&2; exit 2; }
@@ -34,6 +42,6 @@ $BIN/director train --config default data=runs/cookgen-youcook2,runs/cookgen-dem
     out="$OUT-s1" $COMMON dataset.fill_blocks=false train.max_steps=180 train.eval_every=180 seed=1
 # shellcheck disable=SC2086
 $BIN/director train --config default data=runs/cookgen-youcook2-typical,runs/cookgen-demos,runs/cookgen-demos-val \
-    out="$OUT" $COMMON dataset.fill_blocks=true train.max_steps=100 train.eval_every=100 \
+    out="$OUT" $COMMON dataset.fill_blocks=true train.max_steps=$TYPICAL train.eval_every=$TYPICAL \
     train.init_from="$OUT-s1/final" seed=2
 echo "trained: $OUT/final"

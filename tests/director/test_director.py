@@ -133,6 +133,37 @@ def test_text_only_steps_get_the_planners_image_block_filled_and_unsupervised() 
     assert float(parts["cos"]) == pytest.approx(float(torch.cosine_similarity(pred, z, dim=0)), abs=1e-5)
 
 
+def full_vocabulary_text_loss(director, batch) -> torch.Tensor:
+    """The text loss as it was computed before it projected only the labelled positions: full-vocabulary logits at
+    every position of the padded batch, mean cross-entropy over the labelled ones."""
+    targets = batch["targets"]
+    out = director.run(batch["input_ids"], targets if targets.numel() else None, batch["attention_mask"])
+    logits = out.logits[:, :-1].float()
+    return torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), batch["labels"][:, 1:].reshape(-1), ignore_index=-100
+    )
+
+
+def test_text_loss_on_labelled_positions_only_equals_the_full_vocabulary_loss(tiny_cookgen) -> None:
+    director, backbone, cfg = tiny_director()
+    eps = load_episodes(tiny_cookgen[0], "train", None)
+    b = SequenceBuilder(backbone.tokenizer, director.image_block_ids(), "action_caption")
+    # windows of different lengths: right padding, so padded positions must stay out of the mean
+    batch = collate([b.episode_window(eps[0], 0, 3), b.episode_window(eps[1], 0, 1)], backbone.tokenizer.pad_token_id)
+    assert not batch["attention_mask"].all()
+    parts = director.loss(batch, LossConfig())
+    want = full_vocabulary_text_loss(director, batch)
+    torch.testing.assert_close(parts["text_loss"], want, rtol=1e-5, atol=1e-6)
+    # the same gradients reach the LoRA weights
+    parts["text_loss"].backward()
+    got = {n: p.grad.clone() for n, p in director.named_parameters() if "lora_" in n and p.grad is not None}
+    director.zero_grad()
+    full_vocabulary_text_loss(director, batch).backward()
+    assert got and all(
+        torch.allclose(got[n], p.grad, rtol=1e-4, atol=1e-7) for n, p in director.named_parameters() if n in got
+    )
+
+
 def test_loss_falls_when_overfitting_one_batch(tiny_cookgen) -> None:
     director, backbone, cfg = tiny_director()
     eps = load_episodes(tiny_cookgen[0], "train", None)

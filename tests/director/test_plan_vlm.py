@@ -23,6 +23,7 @@ from director.data import Episode, SequenceBuilder, collate
 from director.model import LossConfig, lora_targets
 from director.plan import Planner
 from tests.director.test_backbone import VLM_CLASSES, save_tiny_vlm
+from tests.director.test_director import full_vocabulary_text_loss
 
 SPACE = VisualSpace("test/space", 32)
 FAMILIES = list(VLM_CLASSES)
@@ -95,6 +96,13 @@ def test_director_on_a_vlm_trains_plans_and_round_trips(vlm, tmp_path) -> None:
     director, backbone = _director(cfg)
     batch = _batch(director, backbone)
     # 1. a few steps on one batch lower every part of the loss (the LoRA'd language model and the head learn)
+    # the text loss projects only the labelled positions: the same as full-vocabulary logits everywhere
+    torch.testing.assert_close(
+        director.loss(batch, LossConfig())["text_loss"],
+        full_vocabulary_text_loss(director, batch),
+        rtol=1e-5,
+        atol=1e-6,
+    )
     director.train()
     opt = torch.optim.AdamW(director.trainable_parameters(), lr=3e-3)
 
