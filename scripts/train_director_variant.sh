@@ -9,8 +9,10 @@
 #            neighbours: retrieval-augmented prompts (dataset.neighbour_recipes=true)
 #            plain-long: plain with 300 steps on the typical recipes in stage 2 instead of 100 (3x the epochs there)
 #   SPLIT    unseen | all         (unseen: without the 18 held-out dishes, dataset.exclude_unseen=true)
-# Train one variant at a time: a micro-batch of 4 sixteen-step windows peaks at ~14 GB (full-vocabulary fp32
-# logits), and two variants side by side were OOM-killed in 24 GiB. A killed run resumes (resume=auto) when rerun.
+# Train one variant at a time: a micro-batch of 4 sixteen-step windows peaks at ~13 GB (the activations of 30
+# layers over ~4,000 tokens; the LM head now runs only at the labelled positions, which took 15 % off the step's
+# memory in benchmarks/train_memory_bench.py), and two variants side by side were OOM-killed in 24 GiB. A killed
+# run resumes (resume=auto) when rerun.
 # Expects the builds that scripts/train_default_director.sh makes first (runs/cookgen-youcook2, -typical, -demos).
 set -euo pipefail
 cd "$(dirname "$0")/.."
