@@ -66,7 +66,9 @@ def run(args: argparse.Namespace, loss: str, attention: str) -> dict[str, float]
             "loss": loss, "attention": attention}  # fmt: skip
     out = subprocess.run([sys.executable, "-c", STEP, json.dumps(spec)], cwd=REPO, capture_output=True, text=True)
     if out.returncode != 0:
-        raise SystemExit(f"error: the {loss}/{attention} step failed:\n{out.stderr[-2000:]}")
+        last = (out.stderr.strip().splitlines() or ["(no output)"])[-1]
+        print(f"error: the {loss}/{attention} step failed: {last}", file=sys.stderr)
+        sys.exit(2)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -77,6 +79,9 @@ def main() -> None:
     p.add_argument("--length", type=int, default=1000, help="tokens per sequence")
     p.add_argument("--labelled", type=float, default=0.6, help="fraction of each sequence with text labels")
     args = p.parse_args()
+    if args.batch < 1 or args.length < 2 or not 0 < args.labelled <= 1:
+        print("error: --batch must be >= 1, --length >= 2 and --labelled in (0, 1]", file=sys.stderr)
+        sys.exit(2)
     base = run(args, "full", "default")
     new = run(args, "labelled", "default")
     eager = run(args, "labelled", "eager")

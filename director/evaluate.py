@@ -398,8 +398,9 @@ class ZeroShotBaseline:
 # ------------------------------------------------------------------------------------------------- evaluation
 
 
-def _read_cache(path: Path) -> dict[tuple[str, str], tuple[str, list[str]]]:
-    """Read the prediction cache; bad lines (a partial last line from a kill) are skipped."""
+def read_cache(path: Path) -> dict[tuple[str, str], tuple[str, list[str]]]:
+    """Read a prediction cache (``OUT/plans.jsonl`` of ``director eval``): ``{(planner, video id): (query, steps)}``;
+    bad lines (a partial last line from a kill) are skipped."""
     cache: dict[tuple[str, str], tuple[str, list[str]]] = {}
     if not path.exists():
         return cache
@@ -474,7 +475,7 @@ def evaluate(
     """
     if len(set(v.video_id for v in videos)) != len(videos):
         raise EvalError("evaluation videos must have distinct video ids")
-    cache = _read_cache(Path(cache_path)) if cache_path is not None else {}
+    cache = read_cache(Path(cache_path)) if cache_path is not None else {}
     sink = _open_cache_for_append(Path(cache_path)) if cache_path is not None else None
     preds: dict[str, list[list[str]]] = {}
     try:

@@ -14,7 +14,6 @@ varies; resampled with ``random.Random(0)``). Trains nothing and plans nothing w
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import sys
 from collections import defaultdict
@@ -22,21 +21,6 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-
-
-def read_director_plans(folder: Path) -> dict[str, list[str]]:
-    plans: dict[str, list[str]] = {}
-    path = folder / "plans.jsonl"
-    if not path.is_file():
-        raise SystemExit(f"error: {path} does not exist (run director eval --unseen --out {folder} first)")
-    for line in path.read_text().splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a partial last line of a killed evaluation
-        if rec.get("planner") == "director":
-            plans[rec["video_id"]] = rec["steps"]
-    return plans
 
 
 def bootstrap(per_dish: dict[str, list[float]], resamples: int) -> tuple[float, float]:
@@ -63,8 +47,18 @@ def main() -> int:
     if not args.annotations.is_file():
         print(f"error: {args.annotations} does not exist", file=sys.stderr)
         return 2
+    if args.resamples < 40:
+        print(f"error: --resamples must be at least 40, not {args.resamples}", file=sys.stderr)
+        return 2
+    for folder in args.evals:
+        if not (folder / "plans.jsonl").is_file():
+            print(
+                f"error: {folder / 'plans.jsonl'} does not exist (director eval --unseen --out {folder})",
+                file=sys.stderr,
+            )
+            return 2
     from auteur.sentence import SentenceEncoder
-    from director.evaluate import ordered_semantic_similarity
+    from director.evaluate import ordered_semantic_similarity, read_cache
     from director.unseen import NearestDish, NearestDishRetrieval, NearestDishTypical, read_split, split_videos
 
     labels = args.annotations.parent / "label_foodtype.csv"
@@ -83,7 +77,11 @@ def main() -> int:
     for name, s in base_scores.items():
         print(f"{name}: {sum(s.values()) / len(s):.4f} over {len(s)} videos")
     for folder in args.evals:
-        plans = read_director_plans(folder)
+        plans = {
+            vid: steps
+            for (planner, vid), (_, steps) in read_cache(folder / "plans.jsonl").items()
+            if planner == "director"
+        }
         missing = [v.video_id for v in videos if v.video_id not in plans]
         if missing:
             print(f"error: {folder} has no director plan for {len(missing)} held-out videos", file=sys.stderr)
