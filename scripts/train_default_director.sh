@@ -22,10 +22,21 @@
 #   unseen: the same seven stages without the 18 held-out dishes (dataset.exclude_unseen=true) into
 #   runs/director-unseen-s7/final, for `director eval --unseen` / `--seen-only` (the default's own end thresholds;
 #   nothing is calibrated or shipped)
+# Memory: stages 2-7 take batches of 8 sixteen-step windows, which can peak above 24 GB (an OOM kill on a 24 GB box,
+# 2026-12-06). MICRO=4 bash scripts/train_default_director.sh ... makes each step two accumulated micro-batches of
+# 4: the same 8 samples per optimizer step on the plain order, but the length grouping then groups in fours, so
+# the batches are not bit-identical to the shipped run's (which used MICRO=8, the default).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SHARED=${1:-../shared/data}
 SPLIT=${2:-all}
+MICRO=${MICRO:-8}
+case $MICRO in
+    8) ACC=1 ;;
+    4) ACC=2 ;;
+    2) ACC=4 ;;
+    *) echo "error: MICRO must be 8, 4 or 2 (a divisor of the batch of 8), not '$MICRO'" >&2; exit 2 ;;
+esac
 case $SPLIT in
     all) R=runs/director-default EX="dataset.exclude_unseen=false" ;;
     unseen) R=runs/director-unseen EX="dataset.exclude_unseen=true" ;;
@@ -51,7 +62,7 @@ $BIN/director train --config default "$EX" \
 
 WHOLE="dataset.captions_csv=$DEMOS/captions.csv dataset.caption_lines=100 dataset.visual_repeat=5
     dataset.fill_blocks=false dataset.context_steps=16 dataset.stride=16 dataset.group_by_length=true
-    train.max_steps=510 train.batch_size=8 train.warmup_steps=10 train.eval_every=170 train.save_every=30"
+    train.max_steps=510 train.batch_size=$MICRO train.grad_accum=$ACC train.warmup_steps=10 train.eval_every=170 train.save_every=30"
 # shellcheck disable=SC2086
 $BIN/director train --config default "$EX" \
     data=runs/cookgen-youcook2,runs/cookgen-demos,runs/cookgen-demos-val out=$R-s2 \
