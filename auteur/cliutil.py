@@ -85,27 +85,34 @@ def parse_with_overrides(parser: argparse.ArgumentParser, argv: list[str] | None
     return args
 
 
+def say(line: str) -> None:
+    """Write ``line`` and its newline to stderr in one write: ``print`` makes two on Python's unbuffered stderr, so
+    the lines of processes sharing one stderr (``torchrun``) could interleave mid-line."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
 def run_cli(body: Callable[[], int | None]) -> int:
     """Run a CLI body; user errors become one line on stderr and exit code 2."""
     try:
         rc = body()
     except AuteurError as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        print(f"error: {msg}", file=sys.stderr)
+        say(f"error: {msg}")
         return 2
     except KeyboardInterrupt:
-        print("interrupted; rerun the same command to resume", file=sys.stderr)
+        say("interrupted; rerun the same command to resume")
         return 130
     except ValueError as e:
         if not str(e).startswith("embedded null"):
             raise
-        print("error: a path contains a NUL character (\\x00); no file can have that name", file=sys.stderr)
+        say("error: a path contains a NUL character (\\x00); no file can have that name")
         return 2
     except OSError as e:
         if e.errno not in _USER_OS_ERRORS:
             raise  # anything else is a bug worth its traceback
         where = f" {e.filename}" if e.filename else ""
-        print(f"error: cannot write{where}: {e.strerror or e}", file=sys.stderr)
+        say(f"error: cannot write{where}: {e.strerror or e}")
         return 2
     return int(rc or 0)
 

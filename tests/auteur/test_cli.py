@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import io
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -7,6 +9,8 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from auteur.cli import main
+from auteur.cliutil import run_cli
+from auteur.errors import AuteurError
 from auteur.plan import read_space, save_plan
 from tests.auteur.test_plan import make_plan
 
@@ -66,3 +70,28 @@ def test_overrides_may_follow_options_and_anything_else_left_over_is_a_usage_err
     ]:
         with pytest.raises(UsageError, match=f"tool: unrecognized arguments: {bad}"):
             parse_with_overrides(p, argv)
+
+
+def test_an_error_line_reaches_stderr_in_one_write(monkeypatch) -> None:
+    """Processes under torchrun share one stderr: a line written in two pieces (``print`` writes the text, then the
+    newline, on Python's unbuffered stderr) can interleave with another process's line."""
+
+    class Raw(io.RawIOBase):
+        def __init__(self) -> None:
+            self.writes: list[bytes] = []
+
+        def writable(self) -> bool:
+            return True
+
+        def write(self, b) -> int:
+            self.writes.append(bytes(b))
+            return len(b)
+
+    raw = Raw()
+    monkeypatch.setattr(sys, "stderr", io.TextIOWrapper(raw, encoding="utf-8", write_through=True))
+
+    def body() -> int:
+        raise AuteurError("train.batch_size (3) must be a multiple of the number of processes (2)")
+
+    assert run_cli(body) == 2
+    assert raw.writes == [b"error: train.batch_size (3) must be a multiple of the number of processes (2)\n"]
