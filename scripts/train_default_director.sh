@@ -24,8 +24,8 @@
 #   nothing is calibrated or shipped)
 # Memory: stages 2-7 take batches of 8 sixteen-step windows, which can peak above 24 GB (an OOM kill on a 24 GB box,
 # 2026-12-06). MICRO=4 bash scripts/train_default_director.sh ... makes each step two accumulated micro-batches of
-# 4: the same 8 samples per optimizer step on the plain order, but the length grouping then groups in fours, so
-# the batches are not bit-identical to the shipped run's (which used MICRO=8, the default).
+# 4: 8 samples per optimizer step as before, but length grouping then groups in fours, so the batches are not the
+# shipped run's (which used MICRO=8, the default).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SHARED=${1:-../shared/data}
@@ -62,7 +62,8 @@ $BIN/director train --config default "$EX" \
 
 WHOLE="dataset.captions_csv=$DEMOS/captions.csv dataset.caption_lines=100 dataset.visual_repeat=5
     dataset.fill_blocks=false dataset.context_steps=16 dataset.stride=16 dataset.group_by_length=true
-    train.max_steps=510 train.batch_size=$MICRO train.grad_accum=$ACC train.warmup_steps=10 train.eval_every=170 train.save_every=30"
+    train.max_steps=510 train.batch_size=$MICRO train.grad_accum=$ACC train.warmup_steps=10
+    train.eval_every=170 train.save_every=30"
 # shellcheck disable=SC2086
 $BIN/director train --config default "$EX" \
     data=runs/cookgen-youcook2,runs/cookgen-demos,runs/cookgen-demos-val out=$R-s2 \
