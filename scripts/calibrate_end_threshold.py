@@ -1,7 +1,7 @@
 """Calibrate the default director's end decision for captioned plans on YouCook2 *training* recipes.
 
     python scripts/calibrate_end_threshold.py [--dishes 16] [--preset default] [--shared ../shared/data]
-        [--no-captions] [--objective length|semantic] [key=value ...]
+        [--no-captions] [--objective length|semantic] [--seen-only] [key=value ...]
 
 The director ends a plan when P(Done) / (P(Done) + P(Step)) at a step boundary reaches a threshold. Plans
 without captions use 0.5 (the likelier token). With captions the context holds caption lines, which only the
@@ -19,6 +19,10 @@ of the (truncated) plans against the dishes' *training* videos instead of the le
 ended at step k is the max-length plan cut after k steps, so one plan per dish scores every threshold. The
 validation split is never read; note that the queries ("how to make <dish>") are the same in both splits, so
 this tunes the end rule on the dishes that are evaluated, through their training videos only.
+
+``--seen-only`` leaves out the held-out dishes of ``director/eval/unseen_dishes.json`` (every video of them), for a
+checkpoint trained on the unseen-dish split: its end rule is then chosen on the seen dishes' training videos, and
+``director eval --unseen`` scores it on dishes the threshold never saw either.
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-captions", action="store_true", help="calibrate plan.end_threshold (actions only)")
     ap.add_argument("--objective", choices=("length", "semantic"), default="length")
+    ap.add_argument("--seen-only", action="store_true", help="leave out the held-out dishes of the unseen split")
     ap.add_argument("overrides", nargs="*", help="key=value overrides of the preset")
     args = ap.parse_args()
 
@@ -61,6 +66,11 @@ def main() -> int:
 
     yc = Path(args.shared) / "youcook2"
     videos = load_eval_videos(yc / "youcookii_annotations_trainval.json", yc / "label_foodtype.csv", "training")
+    if args.seen_only:
+        from director.unseen import read_split
+
+        held = set(read_split().names)
+        videos = [v for v in videos if v.dish not in held]
     by_dish: dict[str, list[int]] = defaultdict(list)
     refs: dict[str, list[list[str]]] = defaultdict(list)
     queries = {}
@@ -120,7 +130,7 @@ def main() -> int:
         extra = f"; training-video semantic sim {scores[best]:.4f} (0.50: {scores[0.5]:.4f})"
     print(
         f"best {key} = {best:.2f} by {args.objective} (mean |length error| {length_error(best):.2f} steps on "
-        f"{len(rows)} training dishes; 0.50 gives {length_error(0.5):.2f}{extra})"
+        f"{len(rows)} {'seen ' if args.seen_only else ''}training dishes; 0.50 gives {length_error(0.5):.2f}{extra})"
     )
     return 0
 
