@@ -65,12 +65,13 @@ def main() -> int:
     from director.plan import Planner
 
     yc = Path(args.shared) / "youcook2"
-    videos = load_eval_videos(yc / "youcookii_annotations_trainval.json", yc / "label_foodtype.csv", "training")
-    if args.seen_only:
-        from director.unseen import read_split
+    ann, labels = yc / "youcookii_annotations_trainval.json", yc / "label_foodtype.csv"
+    if args.seen_only:  # the training videos of the dishes outside the held-out split (the validation split unread)
+        from director.unseen import read_split, split_videos
 
-        held = set(read_split().names)
-        videos = [v for v in videos if v.dish not in held]
+        _, videos = split_videos(ann, labels, read_split())
+    else:
+        videos = load_eval_videos(ann, labels, "training")
     by_dish: dict[str, list[int]] = defaultdict(list)
     refs: dict[str, list[list[str]]] = defaultdict(list)
     queries = {}

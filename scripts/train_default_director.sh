@@ -20,8 +20,9 @@
 # Usage: bash scripts/train_default_director.sh [SHARED_DATA_DIR] [all|unseen]
 #   all (default): the shipped checkpoint, trained on every dish
 #   unseen: the same seven stages without the 18 held-out dishes (dataset.exclude_unseen=true) into
-#   runs/director-unseen-s7/final, for `director eval --unseen` / `--seen-only` (the default's own end thresholds;
-#   nothing is calibrated or shipped)
+#   runs/director-unseen-s7/final, its end rule calibrated as the shipped one's but on the 71 seen dishes' training
+#   videos (calibrate_end_threshold.py --seen-only), then scored: director eval --unseen and --seen-only with that
+#   plan.end_threshold, and the bootstrap margins (scripts/unseen_margin.py). Nothing is shipped.
 # Memory: stages 2-7 take batches of 8 sixteen-step windows, which can peak above 24 GB (an OOM kill on a 24 GB box,
 # 2026-12-06). MICRO=4 bash scripts/train_default_director.sh ... makes each step two accumulated micro-batches of
 # 4: 8 samples per optimizer step as before, but length grouping then groups in fours, so the batches are not the
@@ -105,7 +106,17 @@ $BIN/director train --config default "$EX" \
     train.init_from=$R-s6/final train.lr=0.0006 seed=6
 
 if [ "$SPLIT" = unseen ]; then
-    echo "trained: $R-s7/final (score it: director eval --preset $R-s7/final --unseen|--seen-only --annotations ...)"
+    # the end rule chosen as the shipped one's, on the training videos of the 71 seen dishes only, then both figures
+    T=$($BIN/python scripts/calibrate_end_threshold.py --preset $R-s7/final --dishes 0 --no-captions \
+        --objective semantic --seen-only --shared "$SHARED" plan.repetition_penalty=1.0 | tail -1 | sed -n 's/^best end_threshold = \([0-9.]*\) .*/\1/p')
+    [ -n "$T" ] || { echo "error: the end-threshold calibration printed no threshold" >&2; exit 1; }
+    echo "end_threshold for $R-s7/final: $T (seen dishes' training videos)"
+    ANN=$SHARED/youcook2/youcookii_annotations_trainval.json
+    $BIN/director eval --preset $R-s7/final --unseen --annotations "$ANN" --out runs/eval-unseen-s7-cal \
+        plan.end_threshold="$T"
+    $BIN/director eval --preset $R-s7/final --seen-only --annotations "$ANN" --out runs/eval-seen-s7-cal \
+        plan.end_threshold="$T"
+    $BIN/python scripts/unseen_margin.py runs/eval-unseen-s7-cal
     exit 0
 fi
 # the end rules, chosen on the YouCook2 training videos (put them in the preset): plans without captions by
