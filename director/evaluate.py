@@ -543,6 +543,43 @@ def format_table(results: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+PLANS_KEY = "plans.key.json"
+
+
+def plans_key(cfg: Any, with_director: bool) -> dict[str, Any]:
+    """What the cached director plans depend on: the checkpoint's files (sha256), the plan and backbone settings."""
+    from dataclasses import asdict
+
+    from auteur.latent_cache import fingerprint
+    from auteur.vision import file_sha256
+
+    if not with_director:
+        return {"director": None}
+    files = {f.name: file_sha256(f) for f in sorted(Path(cfg.checkpoint).iterdir()) if f.is_file()}
+    key = {"checkpoint": fingerprint(files), "plan": asdict(cfg.plan), "backbone": asdict(cfg.backbone)}
+    return {"director": json.loads(json.dumps(key, sort_keys=True, default=str))}
+
+
+def check_plans_key(out: Path, key: dict[str, Any]) -> None:
+    """Refuse to resume ``out/plans.jsonl`` made by another director checkpoint or other plan settings (its plans
+    would be reused as if this planner had made them); record ``key`` for a fresh folder."""
+    from auteur.io import atomic_write_json
+    from auteur.latent_cache import fingerprint
+
+    want = fingerprint(key)
+    try:
+        have = json.loads((out / PLANS_KEY).read_text(encoding="utf-8")).get("key")
+    except (OSError, ValueError, AttributeError):
+        have = None
+    if (out / "plans.jsonl").exists() and have != want:
+        raise EvalError(
+            f"{out} holds plans made with another checkpoint or plan settings (or before they were recorded): "
+            f"give a new --out, or delete {out / 'plans.jsonl'} to plan again"
+        )
+    if have != want:
+        atomic_write_json(out / PLANS_KEY, {"key": want, "settings": key})
+
+
 def run_eval(cfg: Any, args: Any) -> str:
     """``director eval``: plan every evaluated video's query with the configured director (and, with
     ``--baselines``, the zero-shot base model and retrieval), score against the ground truth, write
@@ -594,6 +631,7 @@ def run_eval(cfg: Any, args: Any) -> str:
         out = ensure_writable_dir(args.out)
         cfg.plan.captions = False  # actions are what is scored; captions would only cost time
         cfg.plan.temperature = 0.0
+        check_plans_key(out, plans_key(cfg, with_director))  # a resumed --out must hold plans of the same planner
         planners: dict[str, Callable[[str], list[str]]] = {}
         base_model_id = None
         if with_director:

@@ -128,3 +128,25 @@ def test_seen_only_scores_the_dishes_outside_the_held_out_split(youcook2_annotat
     queries = {json.loads(line)["query"].lower() for line in (out / "plans.jsonl").read_text().splitlines()}
     assert len(queries) >= 2 and not queries & held
     assert json.loads((out / "results.json").read_text())["split"] == "validation (seen dishes only)"
+
+
+def test_a_resumed_evaluation_refuses_plans_of_another_end_rule(youcook2_annotations: Path, tmp_path: Path) -> None:
+    """``--out`` caches plans by video: rescoring a checkpoint with another ``plan.end_threshold`` into the same
+    folder must not reuse the old plans as if the new rule had made them."""
+    import json
+
+    from director.cli import main
+
+    out = tmp_path / "ev"
+    argv = ["eval", "--preset", "default", "--seen-only", "--limit", "2", "--annotations", str(youcook2_annotations),
+            "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    plans = (out / "plans.jsonl").read_text()
+    first = json.loads((out / "results.json").read_text())["results"]["director"]
+    assert main(argv) == 0  # the same planner resumes: every plan reused
+    assert (out / "plans.jsonl").read_text() == plans
+    assert main(argv + ["plan.end_threshold=0.02"]) == 2  # P(Done) >= 0.02 ends plans early: other plans
+    assert (out / "plans.jsonl").read_text() == plans
+    fresh = tmp_path / "ev2"
+    assert main(argv[:-1] + [str(fresh), "plan.end_threshold=0.02"]) == 0
+    assert json.loads((fresh / "results.json").read_text())["results"]["director"]["pred_steps"] < first["pred_steps"]
