@@ -107,8 +107,10 @@ $BIN/director train --config default "$EX" \
 
 if [ "$SPLIT" = unseen ]; then
     # the end rule chosen as the shipped one's, on the training videos of the 71 seen dishes only, then both figures
-    T=$($BIN/python scripts/calibrate_end_threshold.py --preset $R-s7/final --dishes 0 --no-captions \
-        --objective semantic --seen-only --shared "$SHARED" plan.repetition_penalty=1.0 | tail -1 | sed -n 's/^best end_threshold = \([0-9.]*\) .*/\1/p')
+    LAST=$($BIN/python scripts/calibrate_end_threshold.py --preset $R-s7/final --dishes 0 --no-captions \
+        --objective semantic --seen-only --shared "$SHARED" plan.repetition_penalty=1.0 | tail -1)
+    echo "$LAST"
+    T=$(echo "$LAST" | sed -n 's/^best end_threshold = \([0-9.]*\) .*/\1/p')
     [ -n "$T" ] || { echo "error: the end-threshold calibration printed no threshold" >&2; exit 1; }
     echo "end_threshold for $R-s7/final: $T (seen dishes' training videos)"
     ANN=$SHARED/youcook2/youcookii_annotations_trainval.json
