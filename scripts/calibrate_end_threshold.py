@@ -137,4 +137,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from auteur.cliutil import run_cli
+
+    sys.exit(run_cli(main))  # bad input (missing data, unknown preset): one line, exit code 2
